@@ -1,0 +1,162 @@
+"""nemotron-engine: convert | transcribe | parity.
+
+    nemotron-engine convert SRC.nemo OUT_DIR
+    nemotron-engine transcribe --model OUT_DIR [--lookahead-ms 80|160|560|1120] [--json] FILE...
+    nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _err(msg: str) -> None:
+    print(f"nemotron-engine: error: {msg}", file=sys.stderr)
+
+
+def read_audio(path: str | Path, sample_rate: int) -> tuple[np.ndarray, str | None]:
+    """Read an audio file as float32 mono at `sample_rate` -> (samples [N], a note if it was converted).
+
+    Channels are averaged; other rates are resampled with soxr (high quality).
+    """
+    import soundfile as sf
+
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [N, channels]
+    notes = []
+    if x.shape[1] > 1:
+        notes.append(f"{x.shape[1]} channels averaged")
+        x = x.mean(axis=1, keepdims=True)
+    x = x[:, 0]
+    if sr != sample_rate:
+        import soxr
+
+        notes.append(f"resampled {sr} Hz -> {sample_rate} Hz")
+        x = soxr.resample(x, sr, sample_rate, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(x), (", ".join(notes) if notes else None)
+
+
+def cmd_convert(args) -> int:
+    from nemotron_engine.weights.convert import ConversionError, convert
+
+    try:
+        cfg = convert(args.src, args.out_dir, force=args.force)
+    except ConversionError as e:
+        _err(str(e))
+        return 2
+    except OSError as e:
+        _err(f"{args.src}: {e.strerror or e}")
+        return 2
+    print(f"wrote {args.out_dir}: {cfg.model_class}, {cfg.n_layers} layers x {cfg.d_model}, vocabulary "
+          f"{cfg.vocab_size}, lookaheads {[ (r + 1) * cfg.frame_ms for r in cfg.lookaheads]} ms")
+    return 0
+
+
+def transcribe_files(engine, files: list[str], lookahead_ms: int | None):
+    """Stream every readable file through one engine, chunk by chunk, all streams stepping together.
+
+    Yields (file, Result or None, error message or None) in the order of `files`.
+    """
+    cfg = engine.cfg
+    streams, errors = {}, {}
+    for f in files:
+        try:
+            pcm, note = read_audio(f, cfg.sample_rate)
+        except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, OSError...
+            errors[f] = f"{f}: cannot read audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            continue
+        if note:
+            print(f"nemotron-engine: note: {f}: {note}", file=sys.stderr)
+        s = engine.open_stream(lookahead_ms)
+        streams[f] = (s, pcm)
+    # feed each stream one chunk of audio per step, as a live source would, then step the engine
+    piece = cfg.chunk_mel(max(cfg.lookaheads)) * cfg.hop_length
+    pos = {f: 0 for f in streams}
+    while True:
+        for f, (s, pcm) in streams.items():
+            if not s.input_done:
+                s.push(pcm[pos[f]: pos[f] + piece])
+                pos[f] += piece
+                if pos[f] >= len(pcm):
+                    s.finish()
+        engine.step()
+        if all(s.done for s, _ in streams.values()):
+            break
+    for f in files:
+        if f in errors:
+            yield f, None, errors[f]
+        else:
+            s = streams[f][0]
+            yield f, s.result(), None
+            engine.close(s)
+
+
+def cmd_transcribe(args) -> int:
+    import torch
+
+    from nemotron_engine.engine import Engine
+
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    try:
+        engine = Engine(args.model)
+        if args.lookahead_ms is not None:
+            engine.cfg.lookahead_from_ms(args.lookahead_ms)
+    except (FileNotFoundError, ValueError) as e:
+        _err(str(e))
+        return 2
+    status = 0
+    for f, res, err in transcribe_files(engine, args.files, args.lookahead_ms):
+        if err:
+            _err(err)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps({"file": f, "text": res.text, "tokens": res.tokens,
+                              "timestamps_ms": res.timestamps_ms}), flush=True)
+        else:
+            print(f"{f}: {res.text}" if len(args.files) > 1 else res.text, flush=True)
+    return status
+
+
+def cmd_parity(args) -> int:
+    try:
+        from nemotron_parity.report import run_parity  # the optional NeMo harness (needs nemo_toolkit)
+    except ImportError as e:
+        _err(f"parity needs NeMo: pip install 'nemo_toolkit[asr]==3.0.0' ({e})")
+        return 2
+    return run_parity(args.nemo, args.audio, args.lookahead_ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nemotron-engine", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("convert", help="convert a NeMo .nemo checkpoint to the engine's format")
+    c.add_argument("src", help="the .nemo file")
+    c.add_argument("out_dir", help="output directory (config.json, model.safetensors, tokenizer.model)")
+    c.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    c.set_defaults(func=cmd_convert)
+
+    t = sub.add_parser("transcribe", help="stream audio files through the engine and print transcripts")
+    t.add_argument("--model", required=True, help="a directory written by `convert`")
+    t.add_argument("--lookahead-ms", type=int, default=None,
+                   help="latency mode (default: the checkpoint's first att_context_size)")
+    t.add_argument("--json", action="store_true", help="one JSON object per file: file, text, tokens, timestamps_ms")
+    t.add_argument("files", nargs="+")
+    t.set_defaults(func=cmd_transcribe)
+
+    q = sub.add_parser("parity", help="compare the engine with NeMo's own cache-aware streaming (needs NeMo)")
+    q.add_argument("--nemo", required=True, help="the .nemo checkpoint")
+    q.add_argument("--audio", nargs="*", default=[], help="audio files (default: synthesised speech)")
+    q.add_argument("--lookahead-ms", type=int, nargs="*", default=None, help="default: every lookahead")
+    q.set_defaults(func=cmd_parity)
+
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

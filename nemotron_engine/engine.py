@@ -1,0 +1,258 @@
+"""Engine and Stream: streams push audio at their own pace; `engine.step()` runs one batched step over every
+stream with a chunk ready.
+
+Chunking reproduces NeMo's cache-aware streaming buffer (CacheAwareStreamingAudioBuffer, SPEC.md §1.3) exactly:
+- a stream's first chunk is 1 + 8R mel frames, with no pre-encode cache and nothing dropped;
+- every later chunk is the 9 previous mel frames (left-padded with zero frames when fewer exist) followed by
+  8(R+1) new ones, and the first 2 subsampled frames are dropped;
+- at the end of input the last chunk is whatever remains (shorter), unless fewer than 8 new frames remain, in
+  which case they are dropped, as NeMo drops them.
+This version keeps each stream's caches as dense tensors; the paged pool replaces them later without changing
+the arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, ModelConfig
+from .features import MelFrontend
+from .model import Model
+from .reference.decoder import DecoderState, greedy_decode, initial_state
+from .reference.encoder import EncoderState, encoder_step
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Result:
+    """A stream's transcript so far."""
+
+    text: str
+    tokens: list[int]  # token ids, blank excluded
+    timestamps_ms: list[int]  # one per token: its encoder frame x 80 ms
+    final: bool  # the stream has finished and every chunk has been decoded
+
+
+@dataclass
+class Update:
+    """What one step added to one stream."""
+
+    stream: "Stream"
+    tokens: list[int]
+    timestamps_ms: list[int]
+    text: str  # the whole transcript so far
+    final: bool
+
+
+def _as_float_pcm(pcm, sample_rate: int, expected: int) -> torch.Tensor:
+    if sample_rate != expected:
+        raise ValueError(f"expected {expected} Hz mono audio, got {sample_rate} Hz; resample first")
+    if isinstance(pcm, np.ndarray):
+        pcm = torch.from_numpy(pcm)
+    if not isinstance(pcm, torch.Tensor):
+        raise TypeError(f"push() takes a numpy array or torch tensor of samples, got {type(pcm).__name__}")
+    if pcm.dim() != 1:
+        raise ValueError(f"push() takes mono samples of shape [N], got shape {tuple(pcm.shape)}")
+    if pcm.dtype == torch.int16:
+        pcm = pcm.to(torch.float32) / 32768.0
+    elif pcm.dtype in (torch.float32, torch.float64):
+        pcm = pcm.to(torch.float32)
+    else:
+        raise TypeError(f"push() takes float32 or int16 samples, got {pcm.dtype}")
+    if not bool(torch.isfinite(pcm).all()):
+        bad = int((~torch.isfinite(pcm)).nonzero()[0, 0])
+        raise ValueError(f"audio contains a non-finite sample ({float(pcm[bad])}) at index {bad}")
+    return pcm.cpu()
+
+
+class Stream:
+    """One live audio source. Create with `Engine.open_stream()`."""
+
+    def __init__(self, engine: "Engine", sid: int, r: int):
+        cfg = engine.cfg
+        self.engine = engine
+        self.id = sid
+        self.r = r
+        self.lookahead_ms = (r + 1) * cfg.frame_ms
+        self.fe = MelFrontend(cfg, engine.model.frontend)
+        self.mel = torch.zeros(0, cfg.n_mels)  # [n, n_mels] frames from index `mel_base` on
+        self.mel_base = 0
+        self.next_mel = 0  # index of the first mel frame not yet fed to the encoder
+        self.steps = 0
+        self.enc = EncoderState.zeros(engine.model, 1)
+        self.dec: DecoderState = initial_state(engine.model, 1)
+        self.frames = 0  # encoder frames decoded so far
+        self.tokens: list[int] = []
+        self.stamps: list[int] = []
+        self.input_done = False
+        self.done = False
+        self.final_reported = False
+        self.closed = False
+
+    # ---- input -----------------------------------------------------------------------------------------------
+    def push(self, pcm, sample_rate: int | None = None) -> None:
+        """Append audio: float32 in [-1, 1] or int16, numpy or torch, shape [N], 16 kHz mono."""
+        if self.closed:
+            raise RuntimeError(f"stream {self.id} is closed")
+        if self.input_done:
+            raise RuntimeError(f"stream {self.id}: push() after finish()")
+        sr = self.engine.cfg.sample_rate if sample_rate is None else sample_rate
+        x = _as_float_pcm(pcm, sr, self.engine.cfg.sample_rate)
+        self._append(self.fe.push(x))
+
+    def finish(self) -> None:
+        """The input has ended: the remaining frames become available and the stream will turn final."""
+        if self.closed:
+            raise RuntimeError(f"stream {self.id} is closed")
+        if not self.input_done:
+            self.input_done = True
+            self._append(self.fe.finish())
+            self._check_done()
+
+    def _check_done(self) -> None:
+        # NeMo stops when no frame is left, or drops a tail too short to produce an output frame
+        # (fewer than 1 mel frame for a first chunk, fewer than 8 later)
+        left = self.mel_available - self.next_mel
+        if self.input_done and left < SAMPLING_FRAMES[0 if self.steps == 0 else 1]:
+            self.done = True
+
+    def _append(self, frames: torch.Tensor) -> None:
+        if frames.shape[0]:
+            self.mel = torch.cat([self.mel, frames])
+
+    # ---- chunking (NeMo CacheAwareStreamingAudioBuffer semantics) -------------------------------------------
+    @property
+    def mel_available(self) -> int:
+        return self.mel_base + self.mel.shape[0]
+
+    def next_chunk(self) -> tuple[torch.Tensor, bool] | None:
+        """The next chunk's encoder input [T_in, n_mels] and whether it is the first, or None if not ready."""
+        if self.done:
+            return None
+        cfg = self.engine.cfg
+        first = self.steps == 0
+        want = cfg.first_chunk_mel(self.r) if first else cfg.chunk_mel(self.r)
+        have = self.mel_available - self.next_mel
+        if have < want and not self.input_done:
+            return None
+        n = min(want, have)
+        lo = self.next_mel - self.mel_base
+        new = self.mel[lo: lo + n]
+        if first:
+            return new, True
+        cache_lo = max(self.next_mel - PRE_ENCODE_CACHE, 0)
+        cache = self.mel[cache_lo - self.mel_base: lo]
+        pad = new.new_zeros(PRE_ENCODE_CACHE - cache.shape[0], cfg.n_mels)  # zero (log-mel 0.0) frames
+        return torch.cat([pad, cache, new]), False
+
+    def _consumed(self, n_new: int) -> None:
+        self.next_mel += n_new
+        self.steps += 1
+        # keep only the 9 frames the next pre-encode cache needs
+        keep_from = max(self.next_mel - PRE_ENCODE_CACHE, 0)
+        self.mel = self.mel[keep_from - self.mel_base:]
+        self.mel_base = keep_from
+        self._check_done()
+
+    # ---- output ------------------------------------------------------------------------------------------------
+    def result(self) -> Result:
+        eng = self.engine
+        return Result(eng.tokenizer.decode(self.tokens), list(self.tokens),
+                      [f * eng.cfg.frame_ms for f in self.stamps], self.done)
+
+
+class Engine:
+    """The reference streaming engine (pure torch).
+
+    >>> engine = Engine("out_dir")
+    >>> s = engine.open_stream(lookahead_ms=560)
+    >>> s.push(pcm); s.finish()
+    >>> while not s.result().final: engine.step()
+    >>> s.result().text
+    """
+
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32):
+        self.model_dir = Path(model_dir)
+        self.model = Model.load(model_dir, dtype=dtype)
+        self.cfg: ModelConfig = self.model.cfg
+        self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
+        self.streams: dict[int, Stream] = {}
+        self._next_id = 0
+
+    def open_stream(self, lookahead_ms: int | None = None) -> Stream:
+        r = self.cfg.lookahead_from_ms(lookahead_ms)
+        s = Stream(self, self._next_id, r)
+        self._next_id += 1
+        self.streams[s.id] = s
+        return s
+
+    def close(self, s: Stream) -> None:
+        s.closed = True
+        self.streams.pop(s.id, None)
+
+    def pending(self) -> bool:
+        """True while some open stream is not final."""
+        return any(not s.done for s in self.streams.values())
+
+    @torch.inference_mode()
+    def step(self) -> list[Update]:
+        """One batched step over every stream with a chunk ready; returns an update per stepped stream."""
+        groups: dict[tuple, list[tuple[Stream, torch.Tensor]]] = {}
+        updates = []
+        for s in self.streams.values():
+            if s.done:
+                if not s.final_reported:  # turned final at finish() without another chunk
+                    s.final_reported = True
+                    updates.append(Update(s, [], [], self.tokenizer.decode(s.tokens), True))
+                continue
+            chunk = s.next_chunk()
+            if chunk is not None:
+                mel, first = chunk
+                groups.setdefault((s.r, first, mel.shape[0]), []).append((s, mel))
+        for (r, first, _), items in groups.items():
+            updates += self._run_group(r, first, items)
+        return updates
+
+    def _run_group(self, r: int, first: bool, items: list[tuple[Stream, torch.Tensor]]) -> list[Update]:
+        streams = [s for s, _ in items]
+        b = len(streams)
+        mel = torch.stack([m for _, m in items]).to(self.model.dtype)  # [B, T_in, n_mels]
+        mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64)
+        enc = EncoderState(
+            torch.cat([s.enc.k for s in streams], dim=1), torch.cat([s.enc.v for s in streams], dim=1),
+            torch.cat([s.enc.conv for s in streams], dim=1), torch.cat([s.enc.filled for s in streams]))
+        out, out_len, enc = encoder_step(self.model, mel, mel_len, enc, r, first)
+        dec = DecoderState(
+            torch.cat([s.dec.h for s in streams], dim=1), torch.cat([s.dec.c for s in streams], dim=1),
+            torch.cat([s.dec.label for s in streams]), torch.cat([s.dec.pred for s in streams]))
+        offsets = torch.tensor([s.frames for s in streams])
+        toks, stamps, dec = greedy_decode(self.model, out, out_len, dec, offsets)
+        updates = []
+        n_new = mel.shape[1] - (0 if first else PRE_ENCODE_CACHE)
+        for i, s in enumerate(streams):
+            s.enc = enc.select([i])
+            s.dec = dec.select([i])
+            s.frames += int(out_len[i])
+            s.tokens += toks[i]
+            s.stamps += stamps[i]
+            s._consumed(n_new)
+            s.last_encoder_out = out[i, : int(out_len[i])]  # [T, D], for parity checks
+            s.final_reported = s.done
+            updates.append(Update(s, toks[i], [f * self.cfg.frame_ms for f in stamps[i]],
+                                  self.tokenizer.decode(s.tokens), s.done))
+        return updates
+
+    def transcribe(self, pcm, lookahead_ms: int | None = None) -> Result:
+        """Stream one whole signal through the engine, chunk by chunk, and return its final result."""
+        s = self.open_stream(lookahead_ms)
+        try:
+            s.push(pcm)
+            s.finish()
+            while not s.done:
+                self.step()
+            return s.result()
+        finally:
+            self.close(s)

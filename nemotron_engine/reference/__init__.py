@@ -1,0 +1,2 @@
+"""The executable specification: pure-torch functions, one per op, that NeMo is checked against and every fast
+kernel is checked against."""

@@ -1,0 +1,80 @@
+"""Relative-position multi-head self-attention (NeMo RelPositionMultiHeadAttention, SPEC.md §3.6).
+
+Queries are the chunk's frames; keys and values are [cached frames | chunk frames] (streaming) or the whole
+utterance (offline). Keys and values enter already projected: the streaming cache stores K and V, never the
+layer inputs, so cached frames are never re-projected (NeMo caches LayerNorm-ed inputs and re-projects them; the
+result is the same linear map of the same rows).
+
+The position term uses a per-layer table P = linear_pos(pe(r)) over relative positions r. NeMo builds the
+2N-1 row table every step and aligns it with rel_shift; here bd[i, j] = (q_i + v) . P[r(i, j)] with
+r(i, j) = (N - T + i) - j (query absolute position minus key absolute position) is a plain gather.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# NeMo INF_VAL: masked scores are filled with -10000 (not -inf), and the probabilities re-zeroed after softmax.
+MASK_VALUE = -10000.0
+
+
+def sinusoid_table(rel: torch.Tensor, d_model: int) -> torch.Tensor:
+    """Interleaved sin/cos rows for relative positions rel [N] (float32) -> [N, d_model].
+
+    Same arithmetic as NeMo RelPositionalEncoding.create_pe: w_k = exp(2k * -(ln 10000 / d)),
+    pe[r, 2k] = sin(r w_k), pe[r, 2k+1] = cos(r w_k), all in float32.
+    """
+    pos = rel.to(torch.float32).unsqueeze(1)  # [N, 1]
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
+    pe = torch.zeros(rel.numel(), d_model, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+def position_projection(w_pos: torch.Tensor, rel_lo: int, rel_hi: int, n_heads: int) -> torch.Tensor:
+    """P = linear_pos(pe(r)) for r = rel_lo .. rel_hi, split into heads -> [H, rel_hi - rel_lo + 1, d_head].
+
+    linear_pos never has a bias in NeMo. Computed once per layer at load for streaming (the rows never change).
+    """
+    d_model = w_pos.shape[1]
+    rel = torch.arange(rel_lo, rel_hi + 1)
+    p = F.linear(sinusoid_table(rel, d_model).to(w_pos.dtype), w_pos)  # [R, D]
+    return p.view(rel.numel(), n_heads, -1).transpose(0, 1).contiguous()  # [H, R, dh]
+
+
+def rel_attention(
+    q: torch.Tensor,  # [B, T, D] projected queries of the chunk
+    k: torch.Tensor,  # [B, N, D] projected keys, N = cached + T (the chunk's rows are the last T)
+    v: torch.Tensor,  # [B, N, D] projected values
+    pos: torch.Tensor,  # [H, R, dh] position projections for r = rel_lo .. rel_lo + R - 1
+    rel_lo: int,
+    pos_bias_u: torch.Tensor,  # [H, dh]
+    pos_bias_v: torch.Tensor,  # [H, dh]
+    masked: torch.Tensor,  # [B, T, N] True where the key is not visible to the query
+) -> torch.Tensor:
+    """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D]."""
+    b, t, d = q.shape
+    n = k.shape[1]
+    h, _, dh = pos.shape
+    q = q.view(b, t, h, dh)
+    k = k.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh]
+    v = v.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh]
+    qu = (q + pos_bias_u).transpose(1, 2)  # [B, H, T, dh]
+    qv = (q + pos_bias_v).transpose(1, 2)  # [B, H, T, dh]
+    ac = torch.matmul(qu, k.transpose(-2, -1))  # [B, H, T, N]
+    i = torch.arange(t).unsqueeze(1)
+    j = torch.arange(n).unsqueeze(0)
+    rel = (n - t + i) - j  # [T, N], query position minus key position
+    lo, hi = int(rel.min()), int(rel.max())
+    table = pos[:, lo - rel_lo : hi - rel_lo + 1]  # [H, hi - lo + 1, dh]
+    bd_rows = torch.matmul(qv, table.transpose(-2, -1))  # [B, H, T, hi - lo + 1]
+    idx = (rel - lo).expand(b, h, t, n)
+    bd = torch.gather(bd_rows, -1, idx)  # [B, H, T, N]
+    scores = (ac + bd) / math.sqrt(dh)
+    mask = masked.unsqueeze(1)  # [B, 1, T, N]
+    attn = torch.softmax(scores.masked_fill(mask, MASK_VALUE), dim=-1).masked_fill(mask, 0.0)
+    out = torch.matmul(attn, v)  # [B, H, T, dh]
+    return out.transpose(1, 2).reshape(b, t, d)

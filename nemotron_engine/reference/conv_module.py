@@ -1,0 +1,43 @@
+"""The Conformer convolution module, causal (NeMo ConformerConvolution with conv_context_size causal, SPEC §3.7).
+
+z [B, T, D] -> pointwise conv D -> 2D, GLU -> zero padded frames -> causal depthwise conv (kernel K) over
+[K-1 cached frames | chunk] -> LayerNorm over channels or BatchNorm (eval statistics) -> SiLU -> pointwise conv
+-> [B, T, D]. The conv cache holds the last K-1 GLU outputs (after the pad mask), which is what NeMo's
+CausalConv1D.update_cache keeps (cache_drop_size 0).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def conv_norm(g: torch.Tensor, w: dict, norm_type: str, eps: float) -> torch.Tensor:
+    """The conv module's norm over channels: g [B, T, D] -> [B, T, D]."""
+    if norm_type == "layer_norm":
+        return F.layer_norm(g, g.shape[-1:], w["norm.weight"], w["norm.bias"], eps)
+    # BatchNorm1d in eval: (g - running_mean) / sqrt(running_var + eps) * weight + bias, over channels
+    x = g.transpose(1, 2)  # [B, D, T]
+    x = F.batch_norm(x, w["norm.running_mean"], w["norm.running_var"], w["norm.weight"], w["norm.bias"],
+                     training=False, eps=eps)
+    return x.transpose(1, 2)
+
+
+def conv_module(
+    z: torch.Tensor,  # [B, T, D] LayerNorm-ed input
+    cache: torch.Tensor,  # [B, D, K-1] last K-1 GLU outputs before this chunk (zeros at stream start / offline)
+    pad: torch.Tensor,  # [B, T] True for padded frames (beyond the valid length)
+    w: dict,  # engine keys under "layers.{i}.conv."
+    norm_type: str,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (out [B, T, D], new cache [B, D, K-1])."""
+    a = F.linear(z, w["pw1.weight"], w.get("pw1.bias"))  # [B, T, 2D]
+    g = F.glu(a, dim=-1).masked_fill(pad.unsqueeze(-1), 0.0)  # [B, T, D]
+    g = torch.cat([cache, g.transpose(1, 2)], dim=2)  # [B, D, K-1 + T]
+    k = w["dw.weight"].shape[-1]
+    new_cache = g[:, :, g.shape[2] - (k - 1):]
+    d = g.shape[1]
+    y = F.conv1d(g, w["dw.weight"].unsqueeze(1), w.get("dw.bias"), groups=d)  # [B, D, T]
+    y = conv_norm(y.transpose(1, 2), w, norm_type, eps)  # [B, T, D]
+    y = F.silu(y)
+    return F.linear(y, w["pw2.weight"], w.get("pw2.bias")), new_cache

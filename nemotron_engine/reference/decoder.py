@@ -1,0 +1,113 @@
+"""The RNN-T prediction network, joint and label-looping greedy decoding (SPEC.md §4).
+
+Decoder state per stream: LSTM (h, c) per layer, the last emitted label, and the *projected* decoder output
+joint.pred(h_top) for that label. A fresh stream starts from one LSTM step on the blank (SOS) label from zero
+state: NeMo's label-looping computer looks the blank id up in the embedding (blank_as_pad, its row is whatever the
+checkpoint holds; zero when trained with padding_idx).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DecoderState:
+    h: torch.Tensor  # [layers, B, H]
+    c: torch.Tensor  # [layers, B, H]
+    label: torch.Tensor  # [B] int64 last emitted label (blank = none yet)
+    pred: torch.Tensor  # [B, J] joint.pred(h_top) for that label
+
+    def select(self, idx: list[int]) -> "DecoderState":
+        return DecoderState(self.h[:, idx], self.c[:, idx], self.label[idx], self.pred[idx])
+
+    def assign(self, idx: list[int], other: "DecoderState") -> None:
+        self.h[:, idx] = other.h
+        self.c[:, idx] = other.c
+        self.label[idx] = other.label
+        self.pred[idx] = other.pred
+
+
+def lstm_step(
+    x: torch.Tensor,  # [B, E] input embedding
+    h: torch.Tensor,  # [layers, B, H]
+    c: torch.Tensor,  # [layers, B, H]
+    w: dict,  # engine keys under "decoder."
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the stacked LSTM (PyTorch gate order i, f, g, o) -> (h', c')."""
+    hs, cs = [], []
+    for layer in range(h.shape[0]):
+        gates = (F.linear(x, w[f"lstm.{layer}.w_ih"], w[f"lstm.{layer}.b_ih"])
+                 + F.linear(h[layer], w[f"lstm.{layer}.w_hh"], w[f"lstm.{layer}.b_hh"]))
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c1 = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+        h1 = torch.sigmoid(o) * torch.tanh(c1)
+        hs.append(h1)
+        cs.append(c1)
+        x = h1
+    return torch.stack(hs), torch.stack(cs)
+
+
+def predict(labels: torch.Tensor, h: torch.Tensor, c: torch.Tensor, dec: dict, joint: dict):
+    """Embed labels [B], one LSTM step, project for the joint -> (pred [B, J], h', c')."""
+    h, c = lstm_step(F.embedding(labels, dec["embed"]), h, c, dec)
+    return F.linear(h[-1], joint["pred.weight"], joint["pred.bias"]), h, c
+
+
+def initial_state(model, batch: int) -> DecoderState:
+    """The state after SOS: one LSTM step on the blank label from zeros."""
+    cfg = model.cfg
+    z = torch.zeros(cfg.pred_rnn_layers, batch, cfg.pred_hidden, dtype=model.dtype)
+    blank = torch.full((batch,), cfg.blank_id, dtype=torch.int64)
+    pred, h, c = predict(blank, z, z, model.dec, model.joint)
+    return DecoderState(h, c, blank.clone(), pred)
+
+
+def joint_logits(f: torch.Tensor, pred: torch.Tensor, joint: dict) -> torch.Tensor:
+    """joint_net(relu(enc_proj + pred_proj)): f [B, J], pred [B, J] -> logits [B, V + 1]."""
+    return F.linear(torch.relu(f + pred), joint["out.weight"], joint["out.bias"])
+
+
+def greedy_decode(
+    model,
+    enc: torch.Tensor,  # [B, T, D] encoder frames of this step
+    lengths: torch.Tensor,  # [B] valid frames
+    state: DecoderState,
+    frame_offset: torch.Tensor,  # [B] global index of enc[:, 0]
+) -> tuple[list[list[int]], list[list[int]], DecoderState]:
+    """Greedy RNN-T over the step's frames -> (tokens per stream, global frame per token, new state).
+
+    Frame-synchronous form of NeMo's label-looping greedy: at each frame, argmax of the joint; a blank moves to
+    the next frame; a label is emitted (with the frame as its timestamp) and advances the prediction network; after
+    max_symbols labels on one frame the frame is left without evaluating a blank. Ties go to the first index
+    (torch.max).
+    """
+    cfg = model.cfg
+    b, t, _ = enc.shape
+    f = F.linear(enc, model.joint["enc.weight"], model.joint["enc.bias"])  # [B, T, J]
+    h, c, label, pred = state.h.clone(), state.c.clone(), state.label.clone(), state.pred.clone()
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    stamps: list[list[int]] = [[] for _ in range(b)]
+    for ti in range(t):
+        active = lengths > ti  # [B]
+        for _ in range(cfg.max_symbols):
+            if not bool(active.any()):
+                break
+            k = joint_logits(f[:, ti], pred, model.joint).argmax(dim=-1)  # [B]
+            emit = active & (k != cfg.blank_id)
+            if not bool(emit.any()):
+                break
+            new_pred, h2, c2 = predict(k.masked_fill(~emit, cfg.blank_id), h, c, model.dec, model.joint)
+            sel = emit.nonzero().flatten().tolist()
+            for bi in sel:
+                tokens[bi].append(int(k[bi]))
+                stamps[bi].append(int(frame_offset[bi]) + ti)
+            m = emit.view(1, b, 1)
+            h = torch.where(m, h2, h)
+            c = torch.where(m, c2, c)
+            pred = torch.where(emit.view(b, 1), new_pred, pred)
+            label = torch.where(emit, k, label)
+            active = emit
+    return tokens, stamps, DecoderState(h, c, label, pred)

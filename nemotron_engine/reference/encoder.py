@@ -1,0 +1,166 @@
+"""The cache-aware FastConformer encoder: one streaming step for a batch of streams, and the offline forward.
+
+SPEC.md §3. A layer is the macaron Conformer block
+    x += 0.5 FF1(LN x);  x += MHSA(LN x);  x += Conv(LN x);  x += 0.5 FF2(LN x);  x = LN_out x
+Streaming state per layer: projected keys and values of the last C frames (C = the left context, 70), and the last
+K-1 GLU outputs of the conv module.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DROP_EXTRA_PRE_ENCODED
+from .attention import position_projection, rel_attention
+from .conv_module import conv_module
+from .subsample import subsample
+
+
+@dataclass
+class EncoderState:
+    """Dense per-stream encoder caches (the paged pool of the engine holds the same rows)."""
+
+    k: torch.Tensor  # [L, B, C, D] projected keys of the last C frames (oldest first)
+    v: torch.Tensor  # [L, B, C, D] projected values
+    conv: torch.Tensor  # [L, B, D, K-1] last K-1 GLU outputs
+    filled: torch.Tensor  # [B] int64, how many of the C cache rows hold real frames (NeMo cache_last_channel_len)
+
+    @staticmethod
+    def zeros(model, batch: int) -> "EncoderState":
+        c = model.cfg
+        L, C, D, K = c.n_layers, c.left_context, c.d_model, c.conv_kernel_size
+        dt = model.dtype
+        return EncoderState(
+            k=torch.zeros(L, batch, C, D, dtype=dt),
+            v=torch.zeros(L, batch, C, D, dtype=dt),
+            conv=torch.zeros(L, batch, D, K - 1, dtype=dt),
+            filled=torch.zeros(batch, dtype=torch.int64),
+        )
+
+    def select(self, idx: list[int]) -> "EncoderState":
+        return EncoderState(self.k[:, idx], self.v[:, idx], self.conv[:, idx], self.filled[idx])
+
+
+def layer_norm(x: torch.Tensor, w: dict, name: str, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], eps)
+
+
+def feed_forward(z: torch.Tensor, w: dict, name: str) -> torch.Tensor:
+    """Linear -> SiLU -> Linear: [B, T, D] -> [B, T, D]."""
+    h = F.silu(F.linear(z, w[f"{name}.w1"], w.get(f"{name}.b1")))
+    return F.linear(h, w[f"{name}.w2"], w.get(f"{name}.b2"))
+
+
+def attention_mask(t: int, cached: int, filled: torch.Tensor, valid: torch.Tensor, left: int, r: int) -> torch.Tensor:
+    """NeMo _create_masks for chunked_limited attention, sliced to the query rows -> masked [B, T, cached + T].
+
+    Positions p = 0 .. cached + T - 1 (cache first). allowed(i, j) = 0 <= c(i) - c(j) <= left // (R+1) with
+    c(p) = p // (R+1) (chunk index, not a sliding window); a key is valid when its cache row is filled
+    (p >= cached - filled) and it is not padding; padded queries see nothing.
+    """
+    n = cached + t
+    chunk = torch.arange(n) // (r + 1)
+    diff = chunk[cached:].unsqueeze(1) - chunk.unsqueeze(0)  # [T, N]
+    allowed = (diff >= 0) & (diff <= left // (r + 1))
+    p = torch.arange(n)
+    key_ok = (p.unsqueeze(0) >= (cached - filled).unsqueeze(1))  # [B, N]
+    key_ok[:, cached:] &= valid
+    ok = allowed.unsqueeze(0) & key_ok.unsqueeze(1) & valid.unsqueeze(2)  # [B, T, N]
+    return ~ok
+
+
+def layer_step(
+    x: torch.Tensor,  # [B, T, D]
+    w: dict,  # one layer's weights (keys without the "layers.{i}." prefix)
+    pos: torch.Tensor,  # [H, R, dh] position projections, first row at relative position rel_lo
+    rel_lo: int,
+    masked: torch.Tensor,  # [B, T, C + T]
+    pad: torch.Tensor,  # [B, T] True for padded frames
+    k_cache: torch.Tensor,  # [B, C, D]
+    v_cache: torch.Tensor,  # [B, C, D]
+    conv_cache: torch.Tensor,  # [B, D, K-1]
+    norm_type: str,
+    ln_eps: float,
+    bn_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Conformer layer over a chunk -> (y [B, T, D], k_cache', v_cache', conv_cache')."""
+    res = x + 0.5 * feed_forward(layer_norm(x, w, "ff1_norm", ln_eps), w, "ff1")
+    z = layer_norm(res, w, "att_norm", ln_eps)
+    q = F.linear(z, w["att.wq"], w.get("att.bq"))
+    k = torch.cat([k_cache, F.linear(z, w["att.wk"], w.get("att.bk"))], dim=1)  # [B, C + T, D]
+    v = torch.cat([v_cache, F.linear(z, w["att.wv"], w.get("att.bv"))], dim=1)
+    a = rel_attention(q, k, v, pos, rel_lo, w["att.pos_bias_u"], w["att.pos_bias_v"], masked)
+    res = res + F.linear(a, w["att.wo"], w.get("att.bo"))
+    conv_w = {name[len("conv."):]: t for name, t in w.items() if name.startswith("conv.")}
+    c, conv_cache = conv_module(layer_norm(res, w, "conv_norm", ln_eps), conv_cache, pad, conv_w, norm_type,
+                                bn_eps)
+    res = res + c
+    res = res + 0.5 * feed_forward(layer_norm(res, w, "ff2_norm", ln_eps), w, "ff2")
+    cached = k_cache.shape[1]
+    return layer_norm(res, w, "out_norm", ln_eps), k[:, k.shape[1] - cached:], v[:, v.shape[1] - cached:], conv_cache
+
+
+def _frontend(model, mel: torch.Tensor, mel_len: torch.Tensor, drop: int):
+    x, n = subsample(mel, mel_len, model.sub)
+    if drop:
+        # NeMo forward_internal: the first frames come from the re-fed pre-encode cache; slice them off
+        x = x[:, drop:]
+        n = (n - drop).clamp(min=0)
+    if model.cfg.xscaling:
+        x = x * math.sqrt(model.cfg.d_model)
+    return x, n
+
+
+def encoder_step(
+    model,
+    mel: torch.Tensor,  # [B, T_in, n_mels] re-fed pre-encode frames (none on a first chunk) + the chunk's frames
+    mel_len: torch.Tensor,  # [B] int64 valid input frames
+    state: EncoderState,
+    r: int,  # lookahead of these streams
+    first: bool,  # a stream's first chunk: no pre-encode cache, nothing dropped
+) -> tuple[torch.Tensor, torch.Tensor, EncoderState]:
+    """One cache-aware streaming step -> (out [B, T, D], out_len [B], new state). NeMo cache_aware_stream_step."""
+    cfg = model.cfg
+    x, n = _frontend(model, mel, mel_len, 0 if first else DROP_EXTRA_PRE_ENCODED)
+    b, t, _ = x.shape
+    cached = cfg.left_context
+    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
+    masked = attention_mask(t, cached, state.filled, valid, cfg.left_context, r)
+    ks, vs, convs = [], [], []
+    for i, w in enumerate(model.layers):
+        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, state.k[i], state.v[i],
+                                 state.conv[i], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
+        ks.append(k)
+        vs.append(v)
+        convs.append(cv)
+    # NeMo: cache_last_channel_len = clamp(len + T, max=C), counting the chunk's padded length T
+    filled = (state.filled + t).clamp(max=cached)
+    return x, n, EncoderState(torch.stack(ks), torch.stack(vs), torch.stack(convs), filled)
+
+
+def encoder_offline(
+    model,
+    mel: torch.Tensor,  # [B, T, n_mels]
+    mel_len: torch.Tensor,  # [B] int64
+    r: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole utterance at once with chunked_limited attention at lookahead R -> (out [B, T3, D], len [B]).
+
+    NeMo ConformerEncoder.forward without caches: causal convs pad with zeros, which is an empty attention cache
+    and a zero conv cache.
+    """
+    cfg = model.cfg
+    x, n = _frontend(model, mel, mel_len, 0)
+    b, t, d = x.shape
+    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)
+    masked = attention_mask(t, 0, torch.zeros(b, dtype=torch.int64), valid, cfg.left_context, r)
+    empty = x.new_zeros(b, 0, d)
+    conv0 = x.new_zeros(b, d, cfg.conv_kernel_size - 1)
+    for w in model.layers:
+        pos = position_projection(w["att.wpos"], -(t - 1), t - 1, cfg.n_heads)
+        x, _, _, _ = layer_step(x, w, pos, -(t - 1), masked, ~valid, empty, empty, conv0, cfg.conv_norm_type,
+                                cfg.layer_norm_eps, cfg.batch_norm_eps)
+    return x, n
