@@ -90,6 +90,7 @@ class Stream:
         self.input_done = False
         self.done = False
         self.final_reported = False
+        self.encoder_outputs: list[torch.Tensor] = []  # per step [T, D], when the engine keeps them
         self.closed = False
 
     # ---- input -----------------------------------------------------------------------------------------------
@@ -174,7 +175,10 @@ class Engine:
     >>> s.result().text
     """
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, keep_encoder_outputs: bool = False):
+        """keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for parity
+        checks against NeMo, which compare activations step by step)."""
+        self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
         self.model = Model.load(model_dir, dtype=dtype)
         self.cfg: ModelConfig = self.model.cfg
@@ -239,7 +243,8 @@ class Engine:
             s.tokens += toks[i]
             s.stamps += stamps[i]
             s._consumed(n_new)
-            s.last_encoder_out = out[i, : int(out_len[i])]  # [T, D], for parity checks
+            if self.keep_encoder_outputs:
+                s.encoder_outputs.append(out[i, : int(out_len[i])].clone())  # [T, D]
             s.final_reported = s.done
             updates.append(Update(s, toks[i], [f * self.cfg.frame_ms for f in stamps[i]],
                                   self.tokenizer.decode(s.tokens), s.done))

@@ -25,7 +25,7 @@ class MelFrontend:
     def __init__(self, cfg, frontend: dict):
         self.cfg = cfg
         self.window = frontend["window"]  # [win_length]
-        self.fb = frontend["fb"]  # [n_mels, n_fft // 2 + 1]
+        self.fb64 = frontend["fb"].to(torch.float64)  # [n_mels, n_fft // 2 + 1]
         self.pad = cfg.n_fft // 2
         # pre-emphasised samples with the 256-sample left padding, from the first sample the next frame needs
         self.buf = torch.zeros(self.pad, dtype=torch.float32)
@@ -42,7 +42,10 @@ class MelFrontend:
         mag = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1))  # [F, n]
         if cfg.mag_power != 1.0:
             mag = mag.pow(cfg.mag_power)
-        mel = torch.matmul(self.fb, mag)  # [n_mels, n]
+        # NeMo: torch.matmul(fb, power) in float32, whose rounding depends on how many frames share the call
+        # (gemv for one frame, blocked gemm for many). Accumulating in float64 and rounding once makes every frame
+        # independent of how the audio was pushed; it stays within an ulp of NeMo's whole-file features.
+        mel = torch.matmul(self.fb64, mag.to(torch.float64)).to(torch.float32)  # [n_mels, n]
         return torch.log(mel + cfg.log_zero_guard).transpose(0, 1)
 
     def push(self, pcm: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,7 @@ def _extract(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: Path, label: str) -
             done += len(block)
             _progress(label, done, m.size)
     if done != m.size:
-        raise ConversionError(f"{label}: truncated archive ({done} of {m.size} bytes)")
+        raise ConversionError(f"{tar.name}: truncated archive ({label}: {done} of {m.size} bytes)")
 
 
 def _resolve(cfg, root):
@@ -356,8 +356,12 @@ def map_weights(sd: dict, cfg: ModelConfig) -> dict:
             unused.append(key)
     if unused:
         raise ConversionError(f"unsupported model: state_dict has tensors the engine does not know: {unused[:5]}")
+    seen = set()
     for name in list(out):
         t = out[name].detach().to("cpu")
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()  # tied tensors (shared position biases) are stored once per engine key
+        seen.add(t.untyped_storage().data_ptr())
         if SQUEEZE.search(name):
             t = t.reshape(t.shape[0], -1)
         if name == "frontend.fb":
@@ -394,6 +398,8 @@ def convert(src: str | Path, out_dir: str | Path, force: bool = False) -> ModelC
                                       "missing)")
             try:
                 raw = yaml.safe_load(tar.extractfile(m_cfg).read())
+            except (tarfile.TarError, EOFError) as e:
+                raise ConversionError(f"{src}: corrupt .nemo archive ({e})") from None
             except yaml.YAMLError as e:
                 raise ConversionError(f"{src}: model_config.yaml is not valid YAML ({e})".splitlines()[0]) \
                     from None
@@ -405,8 +411,11 @@ def convert(src: str | Path, out_dir: str | Path, force: bool = False) -> ModelC
                 raise ConversionError(f"unsupported model: tokenizer.model_path = {tok_ref!r} (no SentencePiece "
                                       "model in the archive)")
             ckpt = tmp / "model_weights.ckpt"
-            _extract(tar, m_ckpt, ckpt, "model_weights.ckpt")
-            _extract(tar, m_tok, tmp / "tokenizer.model", "tokenizer.model")
+            try:
+                _extract(tar, m_ckpt, ckpt, "model_weights.ckpt")
+                _extract(tar, m_tok, tmp / "tokenizer.model", "tokenizer.model")
+            except (tarfile.TarError, EOFError) as e:
+                raise ConversionError(f"{src}: corrupt .nemo archive ({e})") from None
         try:
             sd = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises several types for a damaged pickle/zip

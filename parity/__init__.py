@@ -1,0 +1,6 @@
+"""nemotron_parity: the NeMo side of the parity checks (needs nemo_toolkit[asr]==3.0.0).
+
+Kept outside `nemotron_engine` so that the engine never imports NeMo: `nemo_harness` drives NeMo's own cache-aware
+streaming exactly as NeMo's example script does and builds random test models, `speech` synthesises test speech
+with espeak-ng, `report` is the `nemotron-engine parity` command.
+"""

@@ -1,0 +1,52 @@
+"""Session-wide fixtures' builders: synthetic speech, random NeMo models, their .nemo files and conversions.
+
+Built once per test session under one temporary directory (NEMOTRON_TEST_CACHE overrides it, to reuse the
+models across runs while developing).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import nemo_harness as H
+import speech
+
+
+@lru_cache(maxsize=None)
+def cache_dir() -> Path:
+    d = os.environ.get("NEMOTRON_TEST_CACHE")
+    path = Path(d) if d else Path(tempfile.mkdtemp(prefix="nemotron-tests-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@lru_cache(maxsize=None)
+def corpus() -> list:
+    """(sentence, float32 16 kHz samples) pairs, several espeak-ng voices."""
+    return speech.speech_corpus(cache_dir() / "audio", n=4)
+
+
+@lru_cache(maxsize=None)
+def tokenizer_dir() -> Path:
+    path = H.train_tokenizer(cache_dir() / "tokenizer")
+    return path.parent if path.is_file() else path
+
+
+@lru_cache(maxsize=None)
+def nemo_model(variant_id: str):
+    """(NeMo model in eval mode, path of its .nemo, converted engine directory)."""
+    from nemotron_engine.weights.convert import convert
+
+    nemo_path = cache_dir() / f"{variant_id}.nemo"
+    out = cache_dir() / f"{variant_id}.engine"
+    if nemo_path.is_file():
+        model = H.load_nemo(nemo_path)
+    else:
+        model = H.build_model(H.get_variant(variant_id), tokenizer_dir(), seed=1234,
+                              calib_audio=[a for _, a in corpus()])
+        H.save_nemo(model, nemo_path)
+    if not (out / "config.json").is_file():
+        convert(nemo_path, out, force=True)
+    return model, nemo_path, out

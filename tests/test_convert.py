@@ -1,0 +1,169 @@
+"""`nemotron-engine convert`: exact weights, a complete config, clear refusals, no half-written output."""
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import models
+
+CLI = [sys.executable, "-m", "nemotron_engine.cli"]
+
+
+@pytest.fixture(scope="module")
+def converted():
+    return models.nemo_model("nemotron_like")
+
+
+@pytest.fixture(scope="module")
+def bias_bn():
+    return models.nemo_model("bias_bn_xscale")
+
+
+def _nemo_members(path):
+    with tarfile.open(path, "r:") as tar:
+        cfg = yaml.safe_load(tar.extractfile(next(m for m in tar if m.name.endswith("model_config.yaml"))))
+        raw = tar.extractfile(next(m for m in tar if m.name.endswith("model_weights.ckpt"))).read()
+    return cfg, torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+def _bytes(t):
+    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+@pytest.mark.parametrize("which", ["nemotron_like", "bias_bn_xscale", "hybrid"])
+def test_weights_round_trip_bit_exact(which):
+    _, nemo_path, out = models.nemo_model(which)
+    _, sd = _nemo_members(nemo_path)
+    eng = load_file(str(out / "model.safetensors"))
+    by_bytes = {}
+    for k, t in eng.items():
+        by_bytes.setdefault((_bytes(t), t.dtype), []).append(k)
+    skipped = ("num_batches_tracked", "pos_enc.pe")
+    used = set()
+    for k, t in sd.items():
+        if any(s in k for s in skipped):
+            continue
+        hits = by_bytes.get((_bytes(t), t.dtype))
+        assert hits, f"NeMo tensor {k} {tuple(t.shape)} has no bit-identical engine tensor"
+        used.update(hits)
+    assert used == set(eng), f"engine tensors not from NeMo: {sorted(set(eng) - used)[:5]}"
+    # spot checks of the name map, independent of the converter's table
+    L = "encoder.layers.1."
+    assert torch.equal(eng["layers.1.att.wq"], sd[L + "self_attn.linear_q.weight"])
+    assert torch.equal(eng["layers.1.att.wpos"], sd[L + "self_attn.linear_pos.weight"])
+    assert torch.equal(eng["layers.1.conv.dw.weight"], sd[L + "conv.depthwise_conv.weight"][:, 0, :])
+    assert torch.equal(eng["layers.1.conv.pw1.weight"], sd[L + "conv.pointwise_conv1.weight"][:, :, 0])
+    out_key = "joint.joint_net.2.weight" if "joint.joint_net.2.weight" in sd else "joint.joint_net.1.weight"
+    assert torch.equal(eng["joint.out.weight"], sd[out_key])
+    assert torch.equal(eng["decoder.embed"], sd["decoder.prediction.embed.weight"])
+
+
+def test_config_complete(converted, bias_bn):
+    for (model, nemo_path, out), (bias, norm, xs) in ((converted, (False, "layer_norm", False)),
+                                                      (bias_bn, (True, "batch_norm", True))):
+        cfg = json.loads((out / "config.json").read_text())
+        enc = model.cfg.encoder
+        assert cfg["att_context_size"] == [list(p) for p in enc.att_context_size]
+        assert cfg["d_model"] == enc.d_model and cfg["n_layers"] == enc.n_layers and cfg["n_heads"] == enc.n_heads
+        assert cfg["n_mels"] == model.cfg.preprocessor.features
+        assert cfg["vocab_size"] == model.tokenizer.vocab_size and cfg["blank_id"] == cfg["vocab_size"]
+        assert cfg["max_symbols"] == 10
+        assert (cfg["use_bias"], cfg["conv_norm_type"], cfg["xscaling"]) == (bias, norm, xs)
+        assert cfg["pred_rnn_layers"] == model.cfg.decoder.prednet.pred_rnn_layers
+        assert cfg["source_file"] == nemo_path.name
+        assert cfg["source_sha256"] == hashlib.sha256(nemo_path.read_bytes()).hexdigest()
+        assert (out / "tokenizer.model").read_bytes()[:4] == (models.tokenizer_dir() / "tokenizer.model").read_bytes()[:4]
+
+
+def _rewrite(src, dst, edit):
+    """Copy a .nemo tar, passing its model_config.yaml through edit(dict)."""
+    with tarfile.open(src, "r:") as tin, tarfile.open(dst, "w:") as tout:
+        for m in tin:
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith("model_config.yaml"):
+                cfg = yaml.safe_load(data)
+                edit(cfg)
+                data = yaml.safe_dump(cfg).encode()
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+
+
+def _run_convert(src, out):
+    return subprocess.run(CLI + ["convert", str(src), str(out)], capture_output=True, text=True, timeout=300)
+
+
+def _set(path, value):
+    def edit(cfg):
+        node = cfg
+        *parents, last = path.split(".")
+        for p in parents:
+            node = node[p]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("joint", KeyError, "CTC-only"),
+    ("encoder.self_attention_model", "rel_pos_local_attn", "rel_pos_local_attn"),
+    ("encoder.att_context_style", "regular", "regular"),
+    ("encoder.causal_downsampling", False, "causal_downsampling"),
+    ("encoder.subsampling", "striding", "striding"),
+    ("encoder.subsampling_factor", 4, "subsampling_factor"),
+    ("encoder.conv_context_size", None, "conv_context_size"),
+    ("encoder.att_context_size", [[70, 13], [64, 6]], "att_context_size"),
+    ("preprocessor.normalize", "per_feature", "per_feature"),
+    ("decoder._target_", "nemo.collections.asr.modules.StatelessTransducerDecoder", "StatelessTransducerDecoder"),
+], ids=lambda x: str(x).split(".")[-1][:24])
+def test_refuses_unsupported(converted, tmp_path, key, value, expect):
+    src = tmp_path / "bad.nemo"
+    _rewrite(converted[1], src, _set(key, value))
+    out = tmp_path / "out"
+    r = _run_convert(src, out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert expect in lines[0] and key.split(".")[0] in lines[0], lines[0]
+    assert not out.exists()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir()), "temporary output left behind"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing", "empty"])
+def test_corrupt_file_one_line_error(converted, tmp_path, damage):
+    data = converted[1].read_bytes()
+    src = tmp_path / "damaged.nemo"
+    if damage == "truncated":
+        src.write_bytes(data[: len(data) * 2 // 3])
+    elif damage == "garbage":
+        src.write_bytes(bytes(range(256)) * 100)
+    elif damage == "empty":
+        src.write_bytes(b"")
+    out = tmp_path / "out"
+    r = _run_convert(src, out)
+    assert r.returncode == 2, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert str(src) in lines[0]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ([src.name] if damage != "missing" else [])
+
+
+def test_existing_output_needs_force(converted, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = _run_convert(converted[1], out)
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert (out / "keep.txt").exists()
+    r = subprocess.run(CLI + ["convert", "--force", str(converted[1]), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
