@@ -122,10 +122,13 @@ def cmd_transcribe(args) -> int:
 
 
 def cmd_parity(args) -> int:
+    # NeMo is not a dependency of the engine: the comparison lives in the separate nemotron_parity package
     try:
-        from nemotron_parity.report import run_parity  # the optional NeMo harness (needs nemo_toolkit)
+        import nemo.collections.asr  # noqa: F401
+
+        from nemotron_parity.report import run_parity
     except ImportError as e:
-        _err(f"parity needs NeMo: pip install 'nemo_toolkit[asr]==3.0.0' ({e})")
+        _err(f"parity needs NeMo, which is not installed: pip install 'nemo_toolkit[asr]==3.0.0' ({e})")
         return 2
     return run_parity(args.nemo, args.audio, args.lookahead_ms)
 

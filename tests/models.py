@@ -10,8 +10,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-import nemo_harness as H
-import speech
+import nemotron_parity.nemo_harness as H
+import nemotron_parity.speech as speech
 
 
 @lru_cache(maxsize=None)
