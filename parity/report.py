@@ -27,7 +27,10 @@ def _rel(a: torch.Tensor, b: np.ndarray) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def run_parity(nemo_path: str, audio_files: list[str], lookahead_ms: list[int] | None, out=sys.stdout) -> int:
+def run_parity(nemo_path: str, audio_files: list[str], lookahead_ms: list[int] | None, out=None) -> int:
+    """Print the comparison tables to `out` (stdout); return 0 when everything matches, 1 on a mismatch, 2 when
+    the checkpoint cannot be converted."""
+    out = out or sys.stdout
     from nemotron_engine.cli import read_audio
     from nemotron_engine.engine import Engine
     from nemotron_engine.weights.convert import ConversionError, convert

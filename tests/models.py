@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 @lru_cache(maxsize=None)
 def corpus() -> list:
     """(sentence, float32 16 kHz samples) pairs, several espeak-ng voices."""
-    return speech.speech_corpus(cache_dir() / "audio", n=4)
+    return speech.speech_corpus(cache_dir() / "audio", n=6)
 
 
 @lru_cache(maxsize=None)
@@ -35,16 +35,16 @@ def tokenizer_dir() -> Path:
 
 
 @lru_cache(maxsize=None)
-def nemo_model(variant_id: str):
+def nemo_model(variant_id: str, seed: int = 1234):
     """(NeMo model in eval mode, path of its .nemo, converted engine directory)."""
     from nemotron_engine.weights.convert import convert
 
-    nemo_path = cache_dir() / f"{variant_id}.nemo"
-    out = cache_dir() / f"{variant_id}.engine"
+    nemo_path = cache_dir() / f"{variant_id}-{seed}.nemo"
+    out = cache_dir() / f"{variant_id}-{seed}.engine"
     if nemo_path.is_file():
         model = H.load_nemo(nemo_path)
     else:
-        model = H.build_model(H.get_variant(variant_id), tokenizer_dir(), seed=1234,
+        model = H.build_model(H.get_variant(variant_id), tokenizer_dir(), seed=seed,
                               calib_audio=[a for _, a in corpus()])
         H.save_nemo(model, nemo_path)
     if not (out / "config.json").is_file():

@@ -22,13 +22,15 @@ from nemotron_engine.reference.encoder import encoder_offline
 from nemotron_engine.features import whole_file_features
 from tolerances import assert_close
 
-VARIANT_IDS = [v.id for v in H.VARIANTS]
+# every variant with two independent random draws
+CASES = [(v.id, seed) for v in H.VARIANTS for seed in (1234, 77)]
 
 
-@pytest.fixture(scope="module", params=VARIANT_IDS)
+@pytest.fixture(scope="module", params=CASES, ids=[f"{v}-{s}" for v, s in CASES])
 def variant(request):
-    model, nemo_path, out = models.nemo_model(request.param)
-    return request.param, model, out
+    vid, seed = request.param
+    model, nemo_path, out = models.nemo_model(vid, seed)
+    return f"{vid}-{seed}", model, out
 
 
 def _nemo_streams(model, cfg):
