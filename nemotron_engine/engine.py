@@ -83,7 +83,7 @@ class Stream:
         self.next_mel = 0  # index of the first mel frame not yet fed to the encoder
         self.steps = 0
         self.enc = EncoderState.zeros(engine.model, 1)
-        self.dec: DecoderState = initial_state(engine.model, 1)
+        self.dec: DecoderState = engine.dec_after_sos  # replaced (never mutated) by each step
         self.frames = 0  # encoder frames decoded so far
         self.tokens: list[int] = []
         self.stamps: list[int] = []
@@ -183,6 +183,9 @@ class Engine:
         self.model = Model.load(model_dir, dtype=dtype)
         self.cfg: ModelConfig = self.model.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
+        # every stream starts from the same decoder state (one LSTM step on SOS): computed once
+        with torch.inference_mode():
+            self.dec_after_sos = initial_state(self.model, 1)
         self.streams: dict[int, Stream] = {}
         self._next_id = 0
 

@@ -35,6 +35,8 @@ class Model:
         self.frontend = _strip(w, "frontend.")
         self.sub = _strip(w, "subsample.")
         self.layers = [_strip(w, f"layers.{i}.") for i in range(cfg.n_layers)]
+        for lw in self.layers:
+            lw["conv"] = _strip(lw, "conv.")  # the conv module's weights, keyed as conv_module() reads them
         self.dec = _strip(w, "decoder.")
         self.joint = _strip(w, "joint.")
         # Relative positions a streaming step uses: query i in [0, T), key j in [0, C + T), T <= R_max + 1,

@@ -167,3 +167,16 @@ def test_existing_output_needs_force(converted, tmp_path):
     r = subprocess.run(CLI + ["convert", "--force", str(converted[1]), str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+
+
+def test_progress_for_large_checkpoints(converted, tmp_path, monkeypatch, capsys):
+    """Large members (the real checkpoint is 2.5 GB) report progress on stderr; small ones stay quiet."""
+    import nemotron_engine.weights.convert as conv
+
+    conv.convert(converted[1], tmp_path / "quiet")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(conv, "PROGRESS_MIN_BYTES", 1)
+    conv.convert(converted[1], tmp_path / "loud")
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("hashing:") for line in err)
+    assert any(line.startswith("model_weights.ckpt:") and line.endswith("MiB") for line in err)

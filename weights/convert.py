@@ -112,10 +112,11 @@ class ConversionError(Exception):
 
 
 # ---- reading the archive ----------------------------------------------------------------------------------------
-def _progress(label: str, done: int, total: int, stream=sys.stderr) -> None:
+def _progress(label: str, done: int, total: int) -> None:
     """Progress for large checkpoints (the real one is 2.5 GB): a live line on a terminal, else every 10 %."""
     if total < PROGRESS_MIN_BYTES:
         return
+    stream = sys.stderr
     if stream.isatty():
         stream.write(f"\r{label}: {done >> 20} / {total >> 20} MiB" + ("\n" if done >= total else ""))
     elif done >= total or (done * 10 // total) != ((done - (16 << 20)) * 10 // total):

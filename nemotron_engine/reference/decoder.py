@@ -23,12 +23,6 @@ class DecoderState:
     def select(self, idx: list[int]) -> "DecoderState":
         return DecoderState(self.h[:, idx], self.c[:, idx], self.label[idx], self.pred[idx])
 
-    def assign(self, idx: list[int], other: "DecoderState") -> None:
-        self.h[:, idx] = other.h
-        self.c[:, idx] = other.c
-        self.label[idx] = other.label
-        self.pred[idx] = other.pred
-
 
 def lstm_step(
     x: torch.Tensor,  # [B, E] input embedding

@@ -74,7 +74,7 @@ def attention_mask(t: int, cached: int, filled: torch.Tensor, valid: torch.Tenso
 
 def layer_step(
     x: torch.Tensor,  # [B, T, D]
-    w: dict,  # one layer's weights (keys without the "layers.{i}." prefix)
+    w: dict,  # one layer's weights (keys without the "layers.{i}." prefix; w["conv"]: the conv module's)
     pos: torch.Tensor,  # [H, R, dh] position projections, first row at relative position rel_lo
     rel_lo: int,
     masked: torch.Tensor,  # [B, T, C + T]
@@ -94,8 +94,7 @@ def layer_step(
     v = torch.cat([v_cache, F.linear(z, w["att.wv"], w.get("att.bv"))], dim=1)
     a = rel_attention(q, k, v, pos, rel_lo, w["att.pos_bias_u"], w["att.pos_bias_v"], masked)
     res = res + F.linear(a, w["att.wo"], w.get("att.bo"))
-    conv_w = {name[len("conv."):]: t for name, t in w.items() if name.startswith("conv.")}
-    c, conv_cache = conv_module(layer_norm(res, w, "conv_norm", ln_eps), conv_cache, pad, conv_w, norm_type,
+    c, conv_cache = conv_module(layer_norm(res, w, "conv_norm", ln_eps), conv_cache, pad, w["conv"], norm_type,
                                 bn_eps)
     res = res + c
     res = res + 0.5 * feed_forward(layer_norm(res, w, "ff2_norm", ln_eps), w, "ff2")

@@ -1,0 +1,54 @@
+"""Engine input checks: bad input raises an error naming the problem and the value; other streams go on."""
+import numpy as np
+import pytest
+import torch
+
+import models
+from nemotron_engine.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(models.nemo_model("nemotron_like")[2])
+
+
+def test_bad_input_is_named_and_harms_no_one(engine):
+    audio = models.corpus()[0][1]
+    want = engine.transcribe(audio).tokens
+    good = engine.open_stream()
+    bad = engine.open_stream()
+    good.push(audio[:8000])
+    with pytest.raises(TypeError, match="int32"):
+        bad.push(np.zeros(100, dtype=np.int32))
+    with pytest.raises(ValueError, match=r"shape \[N\], got shape \(2, 50\)"):
+        bad.push(np.zeros((2, 50), dtype=np.float32))
+    with pytest.raises(ValueError, match="22050 Hz"):
+        bad.push(np.zeros(100, dtype=np.float32), sample_rate=22050)
+    x = np.zeros(100, dtype=np.float32)
+    x[37] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite sample \(nan\) at index 37"):
+        bad.push(x)
+    x[37] = np.inf
+    with pytest.raises(ValueError, match=r"\(inf\) at index 37"):
+        bad.push(torch.from_numpy(x))
+    with pytest.raises(TypeError, match="list"):
+        bad.push([0.0, 0.1])
+    with pytest.raises(ValueError, match="lookahead 100 ms"):
+        engine.open_stream(lookahead_ms=100)
+    bad.finish()
+    with pytest.raises(RuntimeError, match="after finish"):
+        bad.push(np.zeros(10, dtype=np.float32))
+    engine.close(bad)
+    with pytest.raises(RuntimeError, match="closed"):
+        bad.push(np.zeros(10, dtype=np.float32))
+    good.push(audio[8000:])
+    good.finish()
+    while not good.done:
+        engine.step()
+    assert good.result().tokens == want
+
+
+def test_int16_and_float32_agree(engine):
+    audio = models.corpus()[1][1]
+    pcm16 = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
+    assert engine.transcribe(pcm16).tokens == engine.transcribe(pcm16.astype(np.float32) / 32768).tokens
