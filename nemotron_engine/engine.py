@@ -7,8 +7,8 @@ Chunking reproduces NeMo's cache-aware streaming buffer (CacheAwareStreamingAudi
   8(R+1) new ones, and the first 2 subsampled frames are dropped;
 - at the end of input the last chunk is whatever remains (shorter), unless fewer than 8 new frames remain, in
   which case they are dropped, as NeMo drops them.
-This version keeps each stream's caches as dense tensors; the paged pool replaces them later without changing
-the arithmetic.
+Every stream's encoder and decoder state lives in the engine's paged StreamCache (cache.py), preallocated at
+start-up; a step reads and updates it in place for the streams it runs.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import StreamCache, bytes_per_stream
 from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, ModelConfig
 from .features import MelFrontend
 from .model import Model
 from .reference.decoder import DecoderState, greedy_decode, initial_state
-from .reference.encoder import EncoderState, encoder_step
+from .reference.encoder import encoder_step_paged
 from .tokenizer import Tokenizer
 
 
@@ -71,10 +72,11 @@ def _as_float_pcm(pcm, sample_rate: int, expected: int) -> torch.Tensor:
 class Stream:
     """One live audio source. Create with `Engine.open_stream()`."""
 
-    def __init__(self, engine: "Engine", sid: int, r: int):
+    def __init__(self, engine: "Engine", sid: int, r: int, slot: int):
         cfg = engine.cfg
         self.engine = engine
         self.id = sid
+        self.slot = slot  # this stream's slot and pages in the engine's StreamCache
         self.r = r
         self.lookahead_ms = (r + 1) * cfg.frame_ms
         self.fe = MelFrontend(cfg, engine.model.frontend)
@@ -82,8 +84,6 @@ class Stream:
         self.mel_base = 0
         self.next_mel = 0  # index of the first mel frame not yet fed to the encoder
         self.steps = 0
-        self.enc = EncoderState.zeros(engine.model, 1)
-        self.dec: DecoderState = engine.dec_after_sos  # replaced (never mutated) by each step
         self.frames = 0  # encoder frames decoded so far
         self.tokens: list[int] = []
         self.stamps: list[int] = []
@@ -175,14 +175,24 @@ class Engine:
     >>> s.result().text
     """
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, keep_encoder_outputs: bool = False):
-        """keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for parity
-        checks against NeMo, which compare activations step by step)."""
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, max_streams: int | None = None,
+                 memory_budget: int | None = None, keep_encoder_outputs: bool = False):
+        """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
+        streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
+        parity checks against NeMo, which compare activations step by step)."""
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
         self.model = Model.load(model_dir, dtype=dtype)
         self.cfg: ModelConfig = self.model.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
+        if max_streams is not None and memory_budget is not None:
+            raise ValueError("give max_streams or memory_budget, not both")
+        if memory_budget is not None:
+            max_streams = memory_budget // bytes_per_stream(self.cfg, dtype)
+            if max_streams < 1:
+                raise ValueError(f"memory_budget {memory_budget} bytes holds no stream "
+                                 f"({bytes_per_stream(self.cfg, dtype)} bytes per stream)")
+        self.cache = StreamCache(self.cfg, 64 if max_streams is None else max_streams, dtype)
         # every stream starts from the same decoder state (one LSTM step on SOS): computed once
         with torch.inference_mode():
             self.dec_after_sos = initial_state(self.model, 1)
@@ -191,14 +201,22 @@ class Engine:
 
     def open_stream(self, lookahead_ms: int | None = None) -> Stream:
         r = self.cfg.lookahead_from_ms(lookahead_ms)
-        s = Stream(self, self._next_id, r)
+        with torch.inference_mode():
+            slot = self.cache.open(self.dec_after_sos)
+        s = Stream(self, self._next_id, r, slot)
         self._next_id += 1
         self.streams[s.id] = s
         return s
 
     def close(self, s: Stream) -> None:
+        """Free everything the stream held (its slot and pages return to the pool)."""
+        if self.streams.pop(s.id, None) is not None:
+            self.cache.close(s.slot)
         s.closed = True
-        self.streams.pop(s.id, None)
+
+    def memory_report(self):
+        """Bytes per stream and the number of streams the preallocated pool holds."""
+        return self.cache.memory_report()
 
     def pending(self) -> bool:
         """True while some open stream is not final."""
@@ -228,20 +246,16 @@ class Engine:
         b = len(streams)
         mel = torch.stack([m for _, m in items]).to(self.model.dtype)  # [B, T_in, n_mels]
         mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64)
-        enc = EncoderState(
-            torch.cat([s.enc.k for s in streams], dim=1), torch.cat([s.enc.v for s in streams], dim=1),
-            torch.cat([s.enc.conv for s in streams], dim=1), torch.cat([s.enc.filled for s in streams]))
-        out, out_len, enc = encoder_step(self.model, mel, mel_len, enc, r, first)
-        dec = DecoderState(
-            torch.cat([s.dec.h for s in streams], dim=1), torch.cat([s.dec.c for s in streams], dim=1),
-            torch.cat([s.dec.label for s in streams]), torch.cat([s.dec.pred for s in streams]))
+        slots = torch.tensor([s.slot for s in streams], dtype=torch.int64)
+        cache = self.cache
+        out, out_len = encoder_step_paged(self.model, mel, mel_len, cache, slots, r, first)
+        dec = DecoderState(cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots])
         offsets = torch.tensor([s.frames for s in streams])
         toks, stamps, dec = greedy_decode(self.model, out, out_len, dec, offsets)
+        cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots] = dec.h, dec.c, dec.label, dec.pred
         updates = []
         n_new = mel.shape[1] - (0 if first else PRE_ENCODE_CACHE)
         for i, s in enumerate(streams):
-            s.enc = enc.select([i])
-            s.dec = dec.select([i])
             s.frames += int(out_len[i])
             s.tokens += toks[i]
             s.stamps += stamps[i]

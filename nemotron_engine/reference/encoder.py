@@ -86,20 +86,25 @@ def layer_step(
     ln_eps: float,
     bn_eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Conformer layer over a chunk -> (y [B, T, D], k_cache', v_cache', conv_cache')."""
+    """One Conformer layer over a chunk -> (y [B, T, D], k_chunk [B, T, D], v_chunk [B, T, D], conv_cache').
+
+    k_cache / v_cache are the projected keys and values of the C frames before the chunk; the chunk's own
+    projected keys and values are returned for the caller to store (dense window or paged pool).
+    """
     res = x + 0.5 * feed_forward(layer_norm(x, w, "ff1_norm", ln_eps), w, "ff1")
     z = layer_norm(res, w, "att_norm", ln_eps)
     q = F.linear(z, w["att.wq"], w.get("att.bq"))
-    k = torch.cat([k_cache, F.linear(z, w["att.wk"], w.get("att.bk"))], dim=1)  # [B, C + T, D]
-    v = torch.cat([v_cache, F.linear(z, w["att.wv"], w.get("att.bv"))], dim=1)
+    k_new = F.linear(z, w["att.wk"], w.get("att.bk"))  # [B, T, D]
+    v_new = F.linear(z, w["att.wv"], w.get("att.bv"))
+    k = torch.cat([k_cache, k_new], dim=1)  # [B, C + T, D]
+    v = torch.cat([v_cache, v_new], dim=1)
     a = rel_attention(q, k, v, pos, rel_lo, w["att.pos_bias_u"], w["att.pos_bias_v"], masked)
     res = res + F.linear(a, w["att.wo"], w.get("att.bo"))
     c, conv_cache = conv_module(layer_norm(res, w, "conv_norm", ln_eps), conv_cache, pad, w["conv"], norm_type,
                                 bn_eps)
     res = res + c
     res = res + 0.5 * feed_forward(layer_norm(res, w, "ff2_norm", ln_eps), w, "ff2")
-    cached = k_cache.shape[1]
-    return layer_norm(res, w, "out_norm", ln_eps), k[:, k.shape[1] - cached:], v[:, v.shape[1] - cached:], conv_cache
+    return layer_norm(res, w, "out_norm", ln_eps), k_new, v_new, conv_cache
 
 
 def _frontend(model, mel: torch.Tensor, mel_len: torch.Tensor, drop: int):
@@ -132,12 +137,47 @@ def encoder_step(
     for i, w in enumerate(model.layers):
         x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, state.k[i], state.v[i],
                                  state.conv[i], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
-        ks.append(k)
-        vs.append(v)
+        # NeMo's cache update: the last C rows of [cache | chunk]
+        ks.append(torch.cat([state.k[i], k], dim=1)[:, -cached:])
+        vs.append(torch.cat([state.v[i], v], dim=1)[:, -cached:])
         convs.append(cv)
     # NeMo: cache_last_channel_len = clamp(len + T, max=C), counting the chunk's padded length T
     filled = (state.filled + t).clamp(max=cached)
     return x, n, EncoderState(torch.stack(ks), torch.stack(vs), torch.stack(convs), filled)
+
+
+def encoder_step_paged(
+    model,
+    mel: torch.Tensor,  # [B, T_in, n_mels] as for encoder_step
+    mel_len: torch.Tensor,  # [B]
+    cache,  # StreamCache: keys/values in pages, conv caches and frame counters in slots
+    slots: torch.Tensor,  # [B] int64 the streams' slots
+    r: int,
+    first: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """encoder_step over the paged stream cache, updated in place -> (out [B, T, D], out_len [B]).
+
+    Same arithmetic as encoder_step: the window of the C frames before the chunk is read through the page table
+    (frames before the stream's start are masked), the chunk's projected keys and values are written into the
+    pages at their frame positions, and the conv caches are rewritten in their slots.
+    """
+    cfg = model.cfg
+    x, n = _frontend(model, mel, mel_len, 0 if first else DROP_EXTRA_PRE_ENCODED)
+    b, t, _ = x.shape
+    C = cfg.left_context
+    pos = cache.frames[slots]  # [B] frames before this chunk
+    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
+    masked = attention_mask(t, C, pos.clamp(max=C), valid, C, r)
+    start = pos - C
+    for i, w in enumerate(model.layers):
+        k_win, v_win = cache.gather_window(i, slots, start)  # [B, C, D]
+        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, k_win, v_win,
+                                 cache.conv[i, slots], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
+        cache.write_rows(i, slots, pos, k, v)
+        cache.conv[i, slots] = cv
+    # NeMo counts the chunk's padded length T (cache_last_channel_len += T)
+    cache.frames[slots] = pos + t
+    return x, n
 
 
 def encoder_offline(

@@ -1,0 +1,127 @@
+"""The paged stream cache: one pool per engine, allocated once, holding every stream's state.
+
+- Attention keys and values, *projected*, per layer, in pages: `k[L, P, page_size, D]`, `v[L, P, page_size, D]`.
+  A stream's logical frame f lives in page `table[s, (f // page_size) % pages_per_stream]`, row
+  `f % page_size`: the left-context window slides by overwriting the oldest rows, never by copying. Each stream
+  holds `pages_per_stream` pages, enough for its C cached frames plus one chunk being written, so a kernel may
+  write the chunk's rows while reading the window.
+- Fixed slots per stream: the conv cache `conv[L, S, D, K-1]`, the decoder state (LSTM `h`, `c`
+  `[layers, S, H]`, last label `[S]`, projected decoder output `pred[S, J]`) and the frame counter `frames[S]`.
+Opening a stream takes a slot and pages from free lists and clears them; closing returns them. Neither allocates
+nor moves another stream's data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+PAGE_SIZE = 16
+
+
+@dataclass
+class MemoryReport:
+    bytes_per_stream: int  # pool bytes one stream occupies (attention pages, conv cache, decoder state)
+    max_streams: int  # streams this pool holds
+    pool_bytes: int  # the whole pool, allocated at start-up
+    page_size: int
+    pages_per_stream: int
+
+    def streams_for_budget(self, budget_bytes: int) -> int:
+        return budget_bytes // self.bytes_per_stream
+
+
+def pages_per_stream(cfg, page_size: int = PAGE_SIZE) -> int:
+    """Pages for C cached frames plus the largest chunk (R_max + 1 frames)."""
+    return math.ceil((cfg.left_context + max(cfg.lookaheads) + 1) / page_size)
+
+
+def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE) -> int:
+    e = torch.empty(0, dtype=dtype).element_size()
+    kv = 2 * cfg.n_layers * pages_per_stream(cfg, page_size) * page_size * cfg.d_model * e
+    conv = cfg.n_layers * cfg.d_model * (cfg.conv_kernel_size - 1) * e
+    dec = (2 * cfg.pred_rnn_layers * cfg.pred_hidden + cfg.joint_hidden) * e + 8 + 8  # h, c, pred, label, frames
+    page_table = pages_per_stream(cfg, page_size) * 8
+    return kv + conv + dec + page_table
+
+
+class StreamCache:
+    """Preallocated state for up to `max_streams` streams (see the module docstring)."""
+
+    def __init__(self, cfg, max_streams: int, dtype: torch.dtype, device="cpu", page_size: int = PAGE_SIZE):
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1, got {max_streams}")
+        self.cfg = cfg
+        self.max_streams = max_streams
+        self.page_size = page_size
+        self.pages_per_stream = pages_per_stream(cfg, page_size)
+        n_pages = max_streams * self.pages_per_stream
+        L, D, K = cfg.n_layers, cfg.d_model, cfg.conv_kernel_size
+        kw = dict(dtype=dtype, device=device)
+        self.k = torch.zeros(L, n_pages, page_size, D, **kw)  # [L, P, page_size, D]
+        self.v = torch.zeros(L, n_pages, page_size, D, **kw)
+        self.conv = torch.zeros(L, max_streams, D, K - 1, **kw)  # [L, S, D, K-1]
+        self.h = torch.zeros(cfg.pred_rnn_layers, max_streams, cfg.pred_hidden, **kw)  # [layers, S, H]
+        self.c = torch.zeros(cfg.pred_rnn_layers, max_streams, cfg.pred_hidden, **kw)
+        self.pred = torch.zeros(max_streams, cfg.joint_hidden, **kw)  # [S, J]
+        self.label = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S]
+        self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] encoder frames so far
+        self.table = torch.zeros(max_streams, self.pages_per_stream, dtype=torch.int64, device=device)
+        self._free_slots = list(range(max_streams - 1, -1, -1))
+        self._free_pages = list(range(n_pages - 1, -1, -1))
+
+    # ---- slots -----------------------------------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def open(self, dec_after_sos) -> int:
+        """Take a slot and its pages, clear them, set the decoder state after SOS; returns the slot."""
+        if not self._free_slots:
+            raise RuntimeError(
+                f"no free stream slot: all {self.max_streams} are in use (max_streams={self.max_streams}); "
+                "close a stream or create the engine with a larger max_streams / memory budget")
+        s = self._free_slots.pop()
+        pages = [self._free_pages.pop() for _ in range(self.pages_per_stream)]
+        self.table[s] = torch.tensor(pages, dtype=torch.int64)
+        p = self.table[s]
+        # stale rows of a previous owner are masked, but must not be NaN/Inf (0 x NaN = NaN in attn @ V)
+        self.k[:, p] = 0
+        self.v[:, p] = 0
+        self.conv[:, s] = 0
+        self.h[:, s] = dec_after_sos.h[:, 0]
+        self.c[:, s] = dec_after_sos.c[:, 0]
+        self.pred[s] = dec_after_sos.pred[0]
+        self.label[s] = dec_after_sos.label[0]
+        self.frames[s] = 0
+        return s
+
+    def close(self, s: int) -> None:
+        self._free_pages.extend(self.table[s].tolist())
+        self._free_slots.append(s)
+
+    # ---- rows ------------------------------------------------------------------------------------------------
+    def locate(self, slots: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(page, row) of logical frames [B, N] of streams `slots` [B]; negative frames map to any row."""
+        f = frames.clamp(min=0)
+        page = torch.gather(self.table[slots], 1, (f // self.page_size) % self.pages_per_stream)
+        return page, f % self.page_size
+
+    def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor):
+        """Keys and values of frames start .. start + C - 1 -> ([B, C, D], [B, C, D]) (the attention window)."""
+        frames = start.unsqueeze(1) + torch.arange(self.cfg.left_context, device=start.device)
+        page, row = self.locate(slots, frames)
+        return self.k[layer, page, row], self.v[layer, page, row]
+
+    def write_rows(self, layer: int, slots: torch.Tensor, start: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write a chunk's keys and values k, v [B, T, D] at frames start .. start + T - 1."""
+        frames = start.unsqueeze(1) + torch.arange(k.shape[1], device=start.device)
+        page, row = self.locate(slots, frames)
+        self.k[layer, page, row] = k
+        self.v[layer, page, row] = v
+
+    def memory_report(self) -> MemoryReport:
+        pool = sum(t.numel() * t.element_size() for t in
+                   (self.k, self.v, self.conv, self.h, self.c, self.pred, self.label, self.frames, self.table))
+        return MemoryReport(pool // self.max_streams, self.max_streams, pool, self.page_size, self.pages_per_stream)
