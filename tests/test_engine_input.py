@@ -52,3 +52,34 @@ def test_int16_and_float32_agree(engine):
     audio = models.corpus()[1][1]
     pcm16 = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
     assert engine.transcribe(pcm16).tokens == engine.transcribe(pcm16.astype(np.float32) / 32768).tokens
+
+
+def test_more_streams_than_the_budget():
+    out = models.nemo_model("nemotron_like")[2]
+    audio = models.corpus()[0][1]
+    engine = Engine(out, max_streams=2)
+    want = engine.transcribe(audio).tokens
+    a = engine.open_stream()
+    a.push(audio[:20000])
+    b = engine.open_stream()
+    with pytest.raises(RuntimeError, match=r"all 2 are in use \(max_streams=2\)"):
+        engine.open_stream()
+    engine.step()
+    engine.close(b)
+    c = engine.open_stream()  # the freed slot is reused
+    a.push(audio[20000:])
+    a.finish()
+    while not a.done:
+        engine.step()
+    assert a.result().tokens == want
+    engine.close(c)
+
+
+def test_memory_report_and_budget():
+    out = models.nemo_model("nemotron_like")[2]
+    rep = Engine(out, max_streams=3).memory_report()
+    assert rep.max_streams == 3 and rep.pool_bytes == 3 * rep.bytes_per_stream
+    budget = 10 * rep.bytes_per_stream + 5
+    assert Engine(out, memory_budget=budget).memory_report().max_streams == 10
+    with pytest.raises(ValueError, match="holds no stream"):
+        Engine(out, memory_budget=100)

@@ -110,3 +110,69 @@ def test_features_any_piece_size(variant):
             i += 1
         parts.append(fe.finish())
         assert torch.equal(torch.cat(parts), whole), f"pieces {sizes}"
+
+
+@pytest.mark.parametrize("vid", ["nemotron_like", "hybrid"])
+def test_continuous_batching_parity(vid):
+    """Streams arrive at different steps, push random-sized pieces at their own pace, use different lookaheads
+    and finish at different times, all in one engine; each equals NeMo's single-stream streaming of its audio.
+    Slots freed by finished streams are reused by later ones."""
+    model, _, out = models.nemo_model(vid)
+    engine = Engine(out, max_streams=5, keep_encoder_outputs=True)
+    cfg = engine.cfg
+    rng = random.Random(7)
+    corpus = models.corpus()
+    plan = [(u, rng.choice(cfg.lookaheads), rng.randrange(0, 25)) for u in range(len(corpus)) for _ in range(2)]
+    waiting = sorted(range(len(plan)), key=lambda i: plan[i][2])
+    live, done, pos = {}, {}, {}
+    step = 0
+    while waiting or live:
+        while waiting and plan[waiting[0]][2] <= step and len(live) < 5:
+            i = waiting.pop(0)
+            u, r, _ = plan[i]
+            live[i] = engine.open_stream((r + 1) * cfg.frame_ms)
+            pos[i] = 0
+        for i, s in live.items():
+            audio = corpus[plan[i][0]][1]
+            if not s.input_done and rng.random() < 0.8:  # some streams skip a step: their own pace
+                n = rng.choice([80, 700, 2560, 6000])
+                s.push(audio[pos[i]: pos[i] + n])
+                pos[i] += n
+                if pos[i] >= len(audio):
+                    s.finish()
+        engine.step()
+        for i in [i for i, s in live.items() if s.done]:
+            done[i] = (live[i].result(), live[i].encoder_outputs)
+            engine.close(live.pop(i))
+        step += 1
+    assert len(done) == len(plan)
+    for i, (u, r, _) in enumerate(plan):
+        nemo = H.nemo_stream(model, corpus[u][1], [cfg.left_context, r])
+        res, enc = done[i]
+        assert res.tokens == nemo.tokens, f"stream {i} (utt{u} R={r}) tokens"
+        assert res.timestamps_ms == [t * cfg.frame_ms for t in nemo.timestamps]
+        assert len(enc) == len(nemo.step_encoded)
+        for k, (a, b) in enumerate(zip(enc, nemo.step_encoded)):
+            assert_close(f"stream {i} step {k}", b, a)
+
+
+def test_batch_invariance():
+    """A stream's tokens and timestamps do not depend on which other streams share its steps."""
+    _, _, out = models.nemo_model("odd_heads")
+    engine = Engine(out)
+    corpus = models.corpus()
+    target = corpus[2][1]
+    alone = engine.transcribe(target, lookahead_ms=160)
+    for crowd in ([0], [0, 1, 3, 4, 5], [5, 5, 5]):
+        others = [engine.open_stream(160) for _ in crowd]
+        s = engine.open_stream(160)
+        for o, u in zip(others, crowd):
+            o.push(corpus[u][1])
+            o.finish()
+        s.push(target)
+        s.finish()
+        while engine.pending():
+            engine.step()
+        assert s.result().tokens == alone.tokens and s.result().timestamps_ms == alone.timestamps_ms, crowd
+        for o in others + [s]:
+            engine.close(o)
