@@ -84,7 +84,7 @@ class StreamCache:
                 "close a stream or create the engine with a larger max_streams / memory budget")
         s = self._free_slots.pop()
         pages = [self._free_pages.pop() for _ in range(self.pages_per_stream)]
-        self.table[s] = torch.tensor(pages, dtype=torch.int64)
+        self.table[s] = torch.tensor(pages, dtype=torch.int64, device=self.table.device)
         p = self.table[s]
         # stale rows of a previous owner are masked, but must not be NaN/Inf (0 x NaN = NaN in attn @ V)
         self.k[:, p] = 0
@@ -110,7 +110,7 @@ class StreamCache:
 
     def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor):
         """Keys and values of frames start .. start + C - 1 -> ([B, C, D], [B, C, D]) (the attention window)."""
-        frames = start.unsqueeze(1) + torch.arange(self.cfg.left_context, device=start.device)
+        frames = start.unsqueeze(1) + torch.arange(self.cfg.left_context, device=start.device)  # [B, C]
         page, row = self.locate(slots, frames)
         return self.k[layer, page, row], self.v[layer, page, row]
 

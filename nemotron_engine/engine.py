@@ -158,6 +158,12 @@ class Stream:
         self.mel_base = keep_from
         self._check_done()
 
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.engine.close(self)
+
     # ---- output ------------------------------------------------------------------------------------------------
     def result(self) -> Result:
         eng = self.engine
@@ -175,14 +181,16 @@ class Engine:
     >>> s.result().text
     """
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, max_streams: int | None = None,
+    def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
+                 max_streams: int | None = None,
                  memory_budget: int | None = None, keep_encoder_outputs: bool = False):
         """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
         streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
         parity checks against NeMo, which compare activations step by step)."""
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
-        self.model = Model.load(model_dir, dtype=dtype)
+        self.device = torch.device(device)
+        self.model = Model.load(model_dir, dtype=dtype, device=self.device)
         self.cfg: ModelConfig = self.model.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
         if max_streams is not None and memory_budget is not None:
@@ -192,7 +200,7 @@ class Engine:
             if max_streams < 1:
                 raise ValueError(f"memory_budget {memory_budget} bytes holds no stream "
                                  f"({bytes_per_stream(self.cfg, dtype)} bytes per stream)")
-        self.cache = StreamCache(self.cfg, 64 if max_streams is None else max_streams, dtype)
+        self.cache = StreamCache(self.cfg, 64 if max_streams is None else max_streams, dtype, device=self.device)
         # every stream starts from the same decoder state (one LSTM step on SOS): computed once
         with torch.inference_mode():
             self.dec_after_sos = initial_state(self.model, 1)
@@ -213,6 +221,22 @@ class Engine:
         if self.streams.pop(s.id, None) is not None:
             self.cache.close(s.slot)
         s.closed = True
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s in list(self.streams.values()):
+            self.close(s)
+
+    def drain(self):
+        """Step until every open stream whose input has finished is final, yielding each update.
+
+        >>> s.finish()
+        >>> for u in engine.drain(): print(u.stream.id, u.text, u.final)
+        """
+        while any(s.input_done and not s.final_reported for s in self.streams.values()):
+            yield from self.step()
 
     def memory_report(self):
         """Bytes per stream and the number of streams the preallocated pool holds."""
@@ -244,13 +268,14 @@ class Engine:
     def _run_group(self, r: int, first: bool, items: list[tuple[Stream, torch.Tensor]]) -> list[Update]:
         streams = [s for s, _ in items]
         b = len(streams)
-        mel = torch.stack([m for _, m in items]).to(self.model.dtype)  # [B, T_in, n_mels]
-        mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64)
-        slots = torch.tensor([s.slot for s in streams], dtype=torch.int64)
+        dev = self.device
+        mel = torch.stack([m for _, m in items]).to(device=dev, dtype=self.model.dtype)  # [B, T_in, n_mels]
+        mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
+        slots = torch.tensor([s.slot for s in streams], dtype=torch.int64, device=dev)
         cache = self.cache
         out, out_len = encoder_step_paged(self.model, mel, mel_len, cache, slots, r, first)
         dec = DecoderState(cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots])
-        offsets = torch.tensor([s.frames for s in streams])
+        offsets = torch.tensor([s.frames for s in streams], device=dev)
         toks, stamps, dec = greedy_decode(self.model, out, out_len, dec, offsets)
         cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots] = dec.h, dec.c, dec.label, dec.pred
         updates = []
@@ -261,7 +286,7 @@ class Engine:
             s.stamps += stamps[i]
             s._consumed(n_new)
             if self.keep_encoder_outputs:
-                s.encoder_outputs.append(out[i, : int(out_len[i])].clone())  # [T, D]
+                s.encoder_outputs.append(out[i, : int(out_len[i])].float().cpu())  # [T, D]
             s.final_reported = s.done
             updates.append(Update(s, toks[i], [f * self.cfg.frame_ms for f in stamps[i]],
                                   self.tokenizer.decode(s.tokens), s.done))

@@ -28,9 +28,11 @@ class Model:
         self.device = torch.device(device)
         w = {}
         for k, t in tensors.items():
-            # BatchNorm statistics and the feature frontend stay float32; everything else takes the engine dtype
+            # BatchNorm statistics and the feature frontend stay float32; everything else takes the engine dtype.
+            # Features are computed on the host, where the PCM arrives.
             keep32 = k.startswith("frontend.") or "running_" in k
-            w[k] = t.to(device=self.device, dtype=torch.float32 if keep32 else dtype)
+            dev = "cpu" if k.startswith("frontend.") else self.device
+            w[k] = t.to(device=dev, dtype=torch.float32 if keep32 else dtype)
         self.w = w
         self.frontend = _strip(w, "frontend.")
         self.sub = _strip(w, "subsample.")

@@ -83,3 +83,19 @@ def test_memory_report_and_budget():
     assert Engine(out, memory_budget=budget).memory_report().max_streams == 10
     with pytest.raises(ValueError, match="holds no stream"):
         Engine(out, memory_budget=100)
+
+
+def test_context_managers_and_drain():
+    out = models.nemo_model("nemotron_like")[2]
+    audio = models.corpus()[3][1]
+    with Engine(out, max_streams=2) as engine:
+        want = engine.transcribe(audio, lookahead_ms=560)
+        with engine.open_stream(lookahead_ms=560) as s:
+            s.push(audio)
+            s.finish()
+            updates = list(engine.drain())
+            assert updates[-1].final and updates[-1].stream is s
+            assert [t for u in updates for t in u.tokens] == want.tokens == s.result().tokens
+        assert engine.memory_report().max_streams == 2 and not engine.streams
+        other = engine.open_stream()
+    assert other.closed and not engine.streams

@@ -27,8 +27,9 @@ def sinusoid_table(rel: torch.Tensor, d_model: int) -> torch.Tensor:
     pe[r, 2k] = sin(r w_k), pe[r, 2k+1] = cos(r w_k), all in float32.
     """
     pos = rel.to(torch.float32).unsqueeze(1)  # [N, 1]
-    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
-    pe = torch.zeros(rel.numel(), d_model, dtype=torch.float32)
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=rel.device)
+                    * -(math.log(10000.0) / d_model))
+    pe = torch.zeros(rel.numel(), d_model, dtype=torch.float32, device=rel.device)
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)
     return pe
@@ -40,7 +41,7 @@ def position_projection(w_pos: torch.Tensor, rel_lo: int, rel_hi: int, n_heads: 
     linear_pos never has a bias in NeMo. Computed once per layer at load for streaming (the rows never change).
     """
     d_model = w_pos.shape[1]
-    rel = torch.arange(rel_lo, rel_hi + 1)
+    rel = torch.arange(rel_lo, rel_hi + 1, device=w_pos.device)
     p = F.linear(sinusoid_table(rel, d_model).to(w_pos.dtype), w_pos)  # [R, D]
     return p.view(rel.numel(), n_heads, -1).transpose(0, 1).contiguous()  # [H, R, dh]
 
@@ -65,8 +66,8 @@ def rel_attention(
     qu = (q + pos_bias_u).transpose(1, 2)  # [B, H, T, dh]
     qv = (q + pos_bias_v).transpose(1, 2)  # [B, H, T, dh]
     ac = torch.matmul(qu, k.transpose(-2, -1))  # [B, H, T, N]
-    i = torch.arange(t).unsqueeze(1)
-    j = torch.arange(n).unsqueeze(0)
+    i = torch.arange(t, device=q.device).unsqueeze(1)
+    j = torch.arange(n, device=q.device).unsqueeze(0)
     rel = (n - t + i) - j  # [T, N], query position minus key position
     lo, hi = int(rel.min()), int(rel.max())
     table = pos[:, lo - rel_lo : hi - rel_lo + 1]  # [H, hi - lo + 1, dh]

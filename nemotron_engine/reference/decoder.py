@@ -53,8 +53,8 @@ def predict(labels: torch.Tensor, h: torch.Tensor, c: torch.Tensor, dec: dict, j
 def initial_state(model, batch: int) -> DecoderState:
     """The state after SOS: one LSTM step on the blank label from zeros."""
     cfg = model.cfg
-    z = torch.zeros(cfg.pred_rnn_layers, batch, cfg.pred_hidden, dtype=model.dtype)
-    blank = torch.full((batch,), cfg.blank_id, dtype=torch.int64)
+    z = torch.zeros(cfg.pred_rnn_layers, batch, cfg.pred_hidden, dtype=model.dtype, device=model.device)
+    blank = torch.full((batch,), cfg.blank_id, dtype=torch.int64, device=model.device)
     pred, h, c = predict(blank, z, z, model.dec, model.joint)
     return DecoderState(h, c, blank.clone(), pred)
 

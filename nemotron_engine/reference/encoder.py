@@ -32,12 +32,12 @@ class EncoderState:
     def zeros(model, batch: int) -> "EncoderState":
         c = model.cfg
         L, C, D, K = c.n_layers, c.left_context, c.d_model, c.conv_kernel_size
-        dt = model.dtype
+        kw = dict(dtype=model.dtype, device=model.device)
         return EncoderState(
-            k=torch.zeros(L, batch, C, D, dtype=dt),
-            v=torch.zeros(L, batch, C, D, dtype=dt),
-            conv=torch.zeros(L, batch, D, K - 1, dtype=dt),
-            filled=torch.zeros(batch, dtype=torch.int64),
+            k=torch.zeros(L, batch, C, D, **kw),
+            v=torch.zeros(L, batch, C, D, **kw),
+            conv=torch.zeros(L, batch, D, K - 1, **kw),
+            filled=torch.zeros(batch, dtype=torch.int64, device=model.device),
         )
 
     def select(self, idx: list[int]) -> "EncoderState":
@@ -62,10 +62,10 @@ def attention_mask(t: int, cached: int, filled: torch.Tensor, valid: torch.Tenso
     (p >= cached - filled) and it is not padding; padded queries see nothing.
     """
     n = cached + t
-    chunk = torch.arange(n) // (r + 1)
+    chunk = torch.arange(n, device=valid.device) // (r + 1)
     diff = chunk[cached:].unsqueeze(1) - chunk.unsqueeze(0)  # [T, N]
     allowed = (diff >= 0) & (diff <= left // (r + 1))
-    p = torch.arange(n)
+    p = torch.arange(n, device=valid.device)
     key_ok = (p.unsqueeze(0) >= (cached - filled).unsqueeze(1))  # [B, N]
     key_ok[:, cached:] &= valid
     ok = allowed.unsqueeze(0) & key_ok.unsqueeze(1) & valid.unsqueeze(2)  # [B, T, N]
@@ -131,7 +131,7 @@ def encoder_step(
     x, n = _frontend(model, mel, mel_len, 0 if first else DROP_EXTRA_PRE_ENCODED)
     b, t, _ = x.shape
     cached = cfg.left_context
-    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
+    valid = torch.arange(t, device=x.device).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
     masked = attention_mask(t, cached, state.filled, valid, cfg.left_context, r)
     ks, vs, convs = [], [], []
     for i, w in enumerate(model.layers):
@@ -166,7 +166,7 @@ def encoder_step_paged(
     b, t, _ = x.shape
     C = cfg.left_context
     pos = cache.frames[slots]  # [B] frames before this chunk
-    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
+    valid = torch.arange(t, device=x.device).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
     masked = attention_mask(t, C, pos.clamp(max=C), valid, C, r)
     start = pos - C
     for i, w in enumerate(model.layers):
@@ -194,8 +194,8 @@ def encoder_offline(
     cfg = model.cfg
     x, n = _frontend(model, mel, mel_len, 0)
     b, t, d = x.shape
-    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)
-    masked = attention_mask(t, 0, torch.zeros(b, dtype=torch.int64), valid, cfg.left_context, r)
+    valid = torch.arange(t, device=x.device).unsqueeze(0) < n.unsqueeze(1)
+    masked = attention_mask(t, 0, torch.zeros(b, dtype=torch.int64, device=x.device), valid, cfg.left_context, r)
     empty = x.new_zeros(b, 0, d)
     conv0 = x.new_zeros(b, d, cfg.conv_kernel_size - 1)
     for w in model.layers:
