@@ -3,6 +3,7 @@
     nemotron-engine convert SRC.nemo OUT_DIR
     nemotron-engine transcribe --model OUT_DIR [--lookahead-ms 80|160|560|1120] [--json] FILE...
     nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
+    nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
 """
 from __future__ import annotations
 
@@ -123,17 +124,24 @@ def cmd_transcribe(args) -> int:
 
 def cmd_parity(args) -> int:
     # NeMo is not a dependency of the engine: the comparison lives in the separate nemotron_parity package
-    try:
-        import nemo.collections.asr  # noqa: F401
+    from nemotron_parity import nemo_missing
 
-        from nemotron_parity.report import run_parity
-    except ImportError as e:
-        _err(f"parity needs NeMo, which is not installed: pip install 'nemo_toolkit[asr]==3.0.0' ({e})")
+    missing = nemo_missing()
+    if missing:
+        _err(f"parity needs NeMo, which is not installed: pip install 'nemo_toolkit[asr]==3.0.0' ({missing})")
         return 2
+    from nemotron_parity.report import run_parity
+
     return run_parity(args.nemo, args.audio, args.lookahead_ms)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # the benchmark runs NeMo beside the engine: it lives in nemotron_parity, with its own options
+        from nemotron_parity.bench import main as bench_main
+
+        return bench_main(argv[1:])
     p = argparse.ArgumentParser(prog="nemotron-engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -156,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--audio", nargs="*", default=[], help="audio files (default: synthesised speech)")
     q.add_argument("--lookahead-ms", type=int, nargs="*", default=None, help="default: every lookahead")
     q.set_defaults(func=cmd_parity)
+
+    sub.add_parser("bench", help="streams sustained in real time, beside NeMo (see `nemotron-engine bench --help`)")
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -27,8 +27,8 @@ SAMPLING_FRAMES = (1, 8)
 def subsampled_length(n_mel: int) -> int:
     """Encoder frames produced from n_mel mel frames: f(f(f(n))) with f(n) = n // 2 + 1 (NeMo calc_length)."""
     for _ in range(SUBSAMPLING_STAGES):
-        n = n // 2 + 1
-    return n
+        n_mel = n_mel // 2 + 1
+    return n_mel
 
 
 @dataclass(frozen=True)

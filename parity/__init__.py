@@ -2,5 +2,14 @@
 
 Kept outside `nemotron_engine` so that the engine never imports NeMo: `nemo_harness` drives NeMo's own cache-aware
 streaming exactly as NeMo's example script does and builds random test models, `speech` synthesises test speech
-with espeak-ng, `report` is the `nemotron-engine parity` command.
+with espeak-ng, `report` is the `nemotron-engine parity` command, `bench` the `nemotron-engine bench` command.
 """
+
+
+def nemo_missing() -> str | None:
+    """None when NeMo's ASR collection imports, else the reason."""
+    try:
+        import nemo.collections.asr  # noqa: F401
+    except ImportError as e:
+        return str(e) or type(e).__name__
+    return None
