@@ -12,7 +12,7 @@ start-up; a step reads and updates it in place for the streams it runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,7 @@ with espeak-ng, `report` is the `nemotron-engine parity` command, `bench` the `n
 def nemo_missing() -> str | None:
     """None when NeMo's ASR collection imports, else the reason."""
     try:
-        import nemo.collections.asr  # noqa: F401
+        import nemo.collections.asr  # noqa: F401  (imported only to check it is there)
     except ImportError as e:
         return str(e) or type(e).__name__
     return None

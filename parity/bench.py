@@ -442,8 +442,6 @@ class NemoBatch:
     def __init__(self, model, r: int, audios: list[np.ndarray]):
         from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
 
-        import nemotron_parity.nemo_harness as H
-
         self.model = model
         self.r = r
         self.audios = audios

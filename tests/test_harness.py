@@ -6,13 +6,13 @@ nemo_toolkit[asr] (the test extra), espeak-ng and sox (scripts/setup.sh): missin
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
 
 import nemotron_parity.nemo_harness as H
 from nemotron_parity.speech import SAMPLE_RATE, SENTENCES, VOICES, speech_corpus, synthesize
+from tolerances import assert_close
 
 LOOKAHEADS = [13, 6, 1, 0]
 SEED = 1234
@@ -207,7 +207,7 @@ def test_stream_matches_offline(model, streams, utterance, lookahead):
     off = H.nemo_offline(model, utterance, att_context_size=[70, lookahead], stream_length=True)
     n = len(s.encoded)
     assert n <= len(off.encoded)
-    np.testing.assert_allclose(s.encoded, off.encoded[:n], atol=2e-5, rtol=0)
+    assert_close(f"R={lookahead} streamed vs offline encoder", off.encoded[:n], s.encoded)
     np.testing.assert_array_equal(s.features, off.features)
     keep = [i for i, t in enumerate(off.timestamps) if t < n]
     assert s.tokens == [off.tokens[i] for i in keep]
@@ -226,7 +226,7 @@ def test_stream_13_vs_forward_length_offline(model, streams, utterance):
     enc, _ = off  # OfflineResult unpacks as (encoded [T, D], tokens)
     n = min(len(enc), len(s.encoded))
     last_chunk = ((n - 1) // 14) * 14
-    np.testing.assert_allclose(s.encoded[:last_chunk], enc[:last_chunk], atol=2e-5, rtol=0)
+    assert_close("R=13 streamed vs forward-length offline", enc[:last_chunk], s.encoded[:last_chunk])
     prefix_stream = [t for t, ts in zip(s.tokens, s.timestamps) if ts < last_chunk]
     prefix_off = [t for t, ts in zip(off.tokens, off.timestamps) if ts < last_chunk]
     assert prefix_stream == prefix_off

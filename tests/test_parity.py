@@ -11,7 +11,6 @@ The offline forward (whole utterance, chunked_limited attention) is held to NeMo
 """
 import random
 
-import numpy as np
 import pytest
 import torch
 

@@ -13,7 +13,6 @@ Tensors are copied bit for bit (reshaped at most); nothing is folded, so round t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -308,7 +307,7 @@ def build_config(cfg: dict, sd: dict, source: Path, sha256: str) -> ModelConfig:
     _require(lstm_layers >= 1, "decoder.prediction.dec_rnn.lstm", None, "LSTM weights not found")
     _require(not any(k.endswith("_reverse") or "weight_hr" in k for k in sd if k.startswith("decoder.")),
              "decoder.prednet", None, "only a unidirectional LSTM without projection")
-    has_bn = f"encoder.layers.0.conv.batch_norm.running_mean" in sd
+    has_bn = "encoder.layers.0.conv.batch_norm.running_mean" in sd
     _require(has_bn == (norm == "batch_norm"), "encoder.conv_norm_type", norm,
              "does not match the checkpoint's conv.batch_norm tensors")
     use_bias = "encoder.layers.0.self_attn.linear_q.bias" in sd
