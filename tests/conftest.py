@@ -1,6 +1,13 @@
 """Shared test set-up: the `gpu` marker (skipped without CUDA), float32 matmuls at full precision."""
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run under Triton's interpreter (on the CPU, in numpy). The variable is read when
+# a kernel is decorated, so it is set here, before any test module imports nemotron_engine.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

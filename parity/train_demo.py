@@ -1,0 +1,168 @@
+"""Train the demo model: a small cache-aware streaming FastConformer hybrid RNN-T + CTC, with NeMo, on the CPU.
+
+    python -m nemotron_parity.train_demo WORK_DIR [--minutes 45 | --steps N]
+
+WORK_DIR/corpus holds the synthetic corpus (built first if missing, see corpus.py). Writes WORK_DIR/tokenizer/,
+WORK_DIR/demo.nemo (also every few minutes while training) and WORK_DIR/train.json (settings, data counts, the
+loss curve, the steps done and the time taken).
+
+Same family as Nemotron: dw_striding x8 causal subsampling, 128 mels, normalize NA, chunked_limited attention
+with the four lookaheads [[70,13],[70,6],[70,1],[70,0]] (NeMo's ConformerEncoder samples one per training
+forward when several are configured), causal convolutions, RNN-T decoder + joint; plus a CTC head (hybrid), which
+makes a from-scratch model leave the all-blank solution within a few hundred steps. The RNN-T loss is the
+vectorised one in rnnt_loss.py: NeMo's loop over time x labels in Python on the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import corpus as C
+from .nemo_harness import Variant, instantiate, save_nemo, set_greedy_decoding, train_tokenizer
+from .rnnt_loss import rnnt_loss
+
+DEMO = Variant(
+    id="demo", model="hybrid", n_mels=128, d_model=144, n_heads=4, n_layers=5, subsampling_conv_channels=64,
+    conv_kernel_size=9, conv_norm_type="layer_norm", use_bias=False, xscaling=False, untie_biases=True,
+    pred_hidden=192, pred_rnn_layers=1, joint_hidden=192, joint_dropout=0.1, max_symbols=10,
+)
+SETTINGS = dict(batch=16, lr=2e-3, betas=(0.9, 0.98), weight_decay=1e-3, warmup=400, min_lr=1e-5, clip=1.0,
+                ctc_weight=0.5, vocab=128, freq_masks=2, freq_width=15, time_masks=2, time_width=0.05, seed=1234)
+
+
+def batches(lengths: np.ndarray, batch: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of utterances of similar length (sorted within buckets of 50 batches)."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    out = []
+    span = batch * 50
+    for i in range(0, len(idx), span):
+        group = sorted(idx[i:i + span], key=lambda j: lengths[j])
+        out += [group[k:k + batch] for k in range(0, len(group), batch) if len(group[k:k + batch]) == batch]
+    rng.shuffle(out)
+    return out
+
+
+def lr_at(step: int, frac: float, s: dict) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to min_lr over the run (frac = progress 0..1)."""
+    if step < s["warmup"]:
+        return s["lr"] * (step + 1) / s["warmup"]
+    return s["min_lr"] + 0.5 * (s["lr"] - s["min_lr"]) * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def train(work: Path, minutes: float | None, steps: int | None, log_every: int = 25) -> dict:
+    from nemo.collections.asr.modules import SpectrogramAugmentation
+
+    s = SETTINGS
+    torch.manual_seed(s["seed"])
+    rng = random.Random(s["seed"])
+    corpus_dir = work / "corpus"
+    if not (corpus_dir / "corpus.json").is_file():
+        C.build(corpus_dir)
+    audio, texts, _ = C.load_split(corpus_dir / "train.npz")
+    tok_dir = train_tokenizer(work / "tokenizer", vocab_size=s["vocab"], texts=texts)
+    model = instantiate(DEMO, tok_dir, seed=s["seed"])
+    set_greedy_decoding(model, DEMO.max_symbols)
+    tokenizer = model.tokenizer
+    targets = [tokenizer.text_to_ids(t) for t in texts]
+    blank = model.decoder.blank_idx
+    aug = SpectrogramAugmentation(freq_masks=s["freq_masks"], freq_width=s["freq_width"],
+                                  time_masks=s["time_masks"], time_width=s["time_width"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s["lr"], betas=s["betas"], weight_decay=s["weight_decay"])
+    lengths = np.array([len(a) for a in audio])
+    plan: list[list[int]] = []
+    t0 = time.time()
+    step = 0
+    curve = []
+    last_save = t0
+    model.train()
+    while True:
+        elapsed = time.time() - t0
+        frac = elapsed / (minutes * 60) if minutes else step / steps
+        if frac >= 1.0:
+            break
+        if not plan:
+            plan = batches(lengths, s["batch"], rng)
+        ids = plan.pop()
+        n = max(lengths[i] for i in ids)
+        sig = torch.zeros(len(ids), n)
+        for k, i in enumerate(ids):
+            sig[k, : lengths[i]] = torch.from_numpy(audio[i])
+        sig_len = torch.tensor([lengths[i] for i in ids])
+        u = max(len(targets[i]) for i in ids)
+        tgt = torch.full((len(ids), u), blank, dtype=torch.int64)
+        for k, i in enumerate(ids):
+            tgt[k, : len(targets[i])] = torch.tensor(targets[i])
+        tgt_len = torch.tensor([len(targets[i]) for i in ids])
+
+        feats, feat_len = model.preprocessor(input_signal=sig, length=sig_len)  # [B, F, T]
+        feats = aug(input_spec=feats, length=feat_len)
+        enc, enc_len = model.encoder(audio_signal=feats, length=feat_len)  # [B, D, T']
+        dec, _, _ = model.decoder(targets=tgt, target_length=tgt_len)  # [B, H, U+1]
+        logits = model.joint(encoder_outputs=enc, decoder_outputs=dec)  # [B, T', U+1, V+1]
+        l_rnnt = rnnt_loss(logits, tgt, enc_len, tgt_len, blank).mean()
+        log_probs = model.ctc_decoder(encoder_output=enc)  # [B, T', V+1] log-probabilities
+        l_ctc = F.ctc_loss(log_probs.transpose(0, 1), tgt, enc_len, tgt_len, blank=blank, reduction="sum",
+                           zero_infinity=True) / len(ids)
+        loss = (1 - s["ctc_weight"]) * l_rnnt + s["ctc_weight"] * l_ctc
+        lr = lr_at(step, frac, s)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, s["clip"])
+        opt.step()
+        step += 1
+        if step % log_every == 0:
+            row = {"step": step, "min": round((time.time() - t0) / 60, 2), "rnnt": round(float(l_rnnt), 3),
+                   "ctc": round(float(l_ctc), 3), "lr": round(lr, 6), "grad_norm": round(float(gnorm), 2)}
+            curve.append(row)
+            print(json.dumps(row), flush=True)
+        if time.time() - last_save > 300:
+            _save(model, work, s, step, t0, curve, texts, final=False)
+            last_save = time.time()
+            model.train()
+    return _save(model, work, s, step, t0, curve, texts, final=True)
+
+
+def _save(model, work: Path, s: dict, step: int, t0: float, curve: list, texts: list[str], final: bool) -> dict:
+    model.eval()
+    save_nemo(model, work / "demo.nemo")
+    info = {"variant": asdict(DEMO), "settings": s, "steps": step, "minutes": round((time.time() - t0) / 60, 1),
+            "train_utterances": len(texts), "threads": torch.get_num_threads(), "final": final,
+            "corpus": json.loads((work / "corpus" / "corpus.json").read_text()), "curve": curve}
+    (work / "train.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("work", type=Path)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--minutes", type=float, default=None, help="train for this long (cosine schedule over time)")
+    g.add_argument("--steps", type=int, default=None, help="train for this many steps")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (1 is robust on a shared 2-core machine: OpenMP spin-waits collapse under "
+                        "contention)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    minutes = a.minutes if (a.minutes or a.steps) else 45.0
+    info = train(a.work, minutes, a.steps)
+    print(f"trained {info['steps']} steps in {info['minutes']} min -> {a.work / 'demo.nemo'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
