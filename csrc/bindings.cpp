@@ -1,6 +1,7 @@
 // The only pybind11 module: nemotron_engine._C. One m.def per op; pointers and the CUDA stream are integers
 // (tensor.data_ptr(), torch.cuda.current_stream().cuda_stream). Tensor-facing wrappers: nemotron_engine/_ext.py.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "ops.h"
 
@@ -23,4 +24,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("src"), py::arg("n_rows"), py::arg("src_row_stride"), py::arg("stream_idx"), py::arg("frame_pos"),
         py::arg("page_table"), py::arg("n_streams"), py::arg("pages_per_stream"), py::arg("page_table_stride"),
         py::arg("skipped"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def("rnnt_greedy", &nemotron::rnnt_greedy,
+        "Batched greedy RNN-T decoding of one step, pool state updated in place (greedy_decode / rnnt_greedy_ref); "
+        "returns the streams per block used.",
+        py::arg("f"), py::arg("lengths"), py::arg("slots"), py::arg("frame_offset"), py::arg("h"), py::arg("c"),
+        py::arg("pred"), py::arg("label"), py::arg("embed"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
+        py::arg("b_hh"), py::arg("pred_w"), py::arg("pred_b"), py::arg("out_w"), py::arg("out_b"), py::arg("tokens"),
+        py::arg("frames"), py::arg("counts"), py::arg("dtype"), py::arg("n_streams"), py::arg("n_frames"),
+        py::arg("pool_size"), py::arg("embed_dim"), py::arg("hidden"), py::arg("joint_hidden"), py::arg("n_classes"),
+        py::arg("blank"), py::arg("max_symbols"), py::arg("streams_per_block"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>());
 }

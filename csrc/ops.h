@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace nemotron {
 
@@ -40,5 +41,34 @@ void write_rows(std::uintptr_t pool,        // [num_pages, page_size, row_elems]
                 int64_t n_streams, int64_t pages_per_stream, int64_t page_table_stride,
                 std::uintptr_t skipped,     // [1] int32 or 0
                 std::uintptr_t stream);     // cudaStream_t
+
+// Batched greedy RNN-T decoding of one step for every stream, state in the pool updated in place at slots.
+// Reference: nemotron_engine/reference/decoder.py greedy_decode (nemotron_engine._ext.rnnt_greedy_ref).
+// Returns the streams per block it launched with.
+int rnnt_greedy(std::uintptr_t f,             // [B, T, J] joint.enc(enc), dtype
+                std::uintptr_t lengths,       // [B] int64
+                std::uintptr_t slots,         // [B] int64, distinct
+                std::uintptr_t frame_offset,  // [B] int64
+                std::uintptr_t h,             // [L, S, H] dtype
+                std::uintptr_t c,             // [L, S, H] dtype
+                std::uintptr_t pred,          // [S, J] dtype
+                std::uintptr_t label,         // [S] int64
+                std::uintptr_t embed,         // [V1, E] dtype
+                const std::vector<std::uintptr_t>& w_ih,  // L x [4H, E or H]
+                const std::vector<std::uintptr_t>& w_hh,  // L x [4H, H]
+                const std::vector<std::uintptr_t>& b_ih,  // L x [4H]
+                const std::vector<std::uintptr_t>& b_hh,  // L x [4H]
+                std::uintptr_t pred_w,        // [J, H]
+                std::uintptr_t pred_b,        // [J]
+                std::uintptr_t out_w,         // [V1, J]
+                std::uintptr_t out_b,         // [V1]
+                std::uintptr_t tokens,        // [B, T * max_symbols] int32
+                std::uintptr_t frames,        // [B, T * max_symbols] int32
+                std::uintptr_t counts,        // [B] int32
+                int dtype,                    // DType of f, the state and the weights
+                int64_t n_streams, int64_t n_frames, int64_t pool_size, int64_t embed_dim, int64_t hidden,
+                int64_t joint_hidden, int64_t n_classes, int64_t blank, int64_t max_symbols,
+                int64_t streams_per_block,    // 0: auto, or 1, 2, 4
+                std::uintptr_t stream);       // cudaStream_t
 
 }  // namespace nemotron

@@ -1,0 +1,188 @@
+// A CPU emulation of the few CUDA features the kernels in csrc/include/nemotron use, for checking kernel logic on
+// a machine without a GPU (tests/test_decoder_cuda.py). Not part of the extension build.
+//
+// Every CUDA thread of a block is a fiber (ucontext) run by one OS thread; blocks run one after another. A fiber
+// runs until it reaches a barrier (__syncthreads, or the warp exchange inside warp_allreduce_xor); when every
+// fiber is blocked, the barriers whose participants have all arrived are released. A barrier that can never be
+// released (threads of one block waiting at different barriers, or a barrier after some threads returned) is
+// reported as an error instead of hanging. The order in which fibers run between barriers is forward, reversed or
+// shuffled (the `schedule` argument of launch): a missing __syncthreads shows up as results that depend on it.
+// Shared memory starts filled with NaN bytes, so a read before a write shows up too.
+//
+// Supported: threadIdx.x, blockIdx.x, blockDim.x, gridDim.x, __syncthreads, dynamic shared memory
+// (emu::shared_memory), __fadd_rn / __fmul_rn, and warp sums through emu::warp_allreduce_xor (the same butterfly
+// order as a __shfl_xor_sync loop with m = 16, 8, 4, 2, 1).
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#define NEMOTRON_CUDA_EMU 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+
+namespace emu {
+
+enum class Wait { kNone, kBlock, kWarp, kDone };
+
+struct Fiber {
+  ucontext_t ctx;
+  std::vector<char> stack;
+  Wait wait = Wait::kNone;
+};
+
+struct Block {
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler;
+  unsigned current = 0;
+  std::vector<unsigned char> smem;
+  std::vector<float> warp_buf;  // [warps, 32, kMaxReduce]
+  const std::function<void()>* body = nullptr;
+};
+
+constexpr int kMaxReduce = 64;
+
+inline Block* g_block = nullptr;
+inline dim3 g_thread_idx, g_block_idx, g_block_dim, g_grid_dim;
+
+inline unsigned char* shared_memory() {
+  return g_block->smem.data();
+}
+
+inline void yield(Wait w) {
+  Fiber& f = g_block->fibers[g_block->current];
+  f.wait = w;
+  swapcontext(&f.ctx, &g_block->scheduler);
+}
+
+inline void syncthreads() {
+  yield(Wait::kBlock);
+}
+
+// v[0..n) summed over the 32 lanes of the calling warp, in the order of `v += __shfl_xor_sync(.., v, m)` for
+// m = 16, 8, 4, 2, 1; every lane gets the result.
+inline void warp_allreduce_xor(float* v, int n) {
+  if (n > kMaxReduce) throw std::logic_error("emu: warp_allreduce_xor of too many values");
+  const unsigned tid = g_block->current;
+  const unsigned warp = tid / 32, lane = tid % 32;
+  float* buf = g_block->warp_buf.data() + static_cast<size_t>(warp) * 32 * kMaxReduce;
+  for (int i = 0; i < n; ++i) buf[lane * kMaxReduce + i] = v[i];
+  yield(Wait::kWarp);
+  float vals[32];
+  for (int i = 0; i < n; ++i) {
+    for (int l = 0; l < 32; ++l) vals[l] = buf[l * kMaxReduce + i];
+    for (int m = 16; m > 0; m >>= 1) {
+      float next[32];
+      for (int l = 0; l < 32; ++l) next[l] = vals[l] + vals[l ^ m];
+      std::memcpy(vals, next, sizeof(vals));
+    }
+    v[i] = vals[lane];
+  }
+  yield(Wait::kWarp);  // every lane has read buf before it is reused
+}
+
+inline void fiber_entry() {
+  (*g_block->body)();
+  Fiber& f = g_block->fibers[g_block->current];
+  f.wait = Wait::kDone;
+  swapcontext(&f.ctx, &g_block->scheduler);
+}
+
+// Runs body() as grid x block CUDA threads; schedule 0 forward, 1 reversed, >= 2 shuffled with that seed.
+// Throws std::runtime_error on a barrier that cannot be released.
+inline void launch(unsigned grid, unsigned block, size_t smem_bytes, const std::function<void()>& body,
+                   unsigned schedule) {
+  if (block == 0 || block % 32 != 0) throw std::runtime_error("emu: blockDim.x must be a positive multiple of 32");
+  std::mt19937 rng(schedule);
+  for (unsigned b = 0; b < grid; ++b) {
+    Block blk;
+    blk.body = &body;
+    blk.smem.assign(smem_bytes + 16, 0xFF);  // NaN floats, -1 ints
+    blk.warp_buf.assign(static_cast<size_t>(block / 32) * 32 * kMaxReduce, 0.f);
+    blk.fibers.resize(block);
+    g_block = &blk;
+    g_block_idx.x = b;
+    g_block_dim.x = block;
+    g_grid_dim.x = grid;
+    for (unsigned i = 0; i < block; ++i) {
+      Fiber& f = blk.fibers[i];
+      f.stack.resize(256 * 1024);
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack.data();
+      f.ctx.uc_stack.ss_size = f.stack.size();
+      f.ctx.uc_link = nullptr;
+      makecontext(&f.ctx, fiber_entry, 0);
+    }
+    std::vector<unsigned> order(block);
+    for (unsigned i = 0; i < block; ++i) order[i] = i;
+    if (schedule == 1) std::reverse(order.begin(), order.end());
+    while (true) {
+      if (schedule >= 2) std::shuffle(order.begin(), order.end(), rng);
+      for (unsigned i : order) {
+        if (blk.fibers[i].wait != Wait::kNone) continue;
+        blk.current = i;
+        g_thread_idx.x = i;
+        swapcontext(&blk.scheduler, &blk.fibers[i].ctx);
+      }
+      // every fiber is done or waiting: release what can be released
+      unsigned done = 0, at_block = 0;
+      for (auto& f : blk.fibers) {
+        done += f.wait == Wait::kDone;
+        at_block += f.wait == Wait::kBlock;
+      }
+      if (done == block) break;
+      bool released = false;
+      for (unsigned w = 0; w < block / 32; ++w) {
+        bool all = true;
+        for (unsigned l = 0; l < 32; ++l) all = all && blk.fibers[w * 32 + l].wait == Wait::kWarp;
+        if (all) {
+          for (unsigned l = 0; l < 32; ++l) blk.fibers[w * 32 + l].wait = Wait::kNone;
+          released = true;
+        }
+      }
+      if (!released && at_block == block) {
+        for (auto& f : blk.fibers) f.wait = Wait::kNone;
+        released = true;
+      }
+      if (!released) {
+        std::string msg = "emu: deadlock in block " + std::to_string(b) + ": " + std::to_string(done) +
+                          " threads returned, " + std::to_string(at_block) + " at __syncthreads, " +
+                          std::to_string(block - done - at_block) + " at a warp exchange";
+        g_block = nullptr;
+        throw std::runtime_error(msg);  // the fibers' stacks are dropped with blk
+      }
+    }
+    g_block = nullptr;
+  }
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::g_thread_idx)
+#define blockIdx (::emu::g_block_idx)
+#define blockDim (::emu::g_block_dim)
+#define gridDim (::emu::g_grid_dim)
+#define __syncthreads() ::emu::syncthreads()
+
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
