@@ -14,6 +14,8 @@ Two kernels between the two pointwise GEMMs:
    conv as K shifted row loads of seq, the norm (the LayerNorm reduction over D happens in registers), SiLU ->
    y [B, T, D]; the stream's first program also writes the new cache, seq rows T .. T+K-2, into the pool.
 
+`glu_conv_norm` launches the two kernels (the microbenchmark also times it alone); `conv_module` adds the GEMMs.
+
 Why seq: the new cache overwrites the old one in place, and the conv reads the old one. With the old cache copied
 into seq by kernel 1, kernel 2 reads only seq and writes only the pool, so no program can read a cache column
 after another one overwrote it (within one kernel, Triton gives no order between programs, nor between threads
@@ -178,12 +180,31 @@ def conv_module(
                          f"[L, S, {D}, {K - 1}] {z.dtype} on {z.device} for d_model {D} and conv kernel {K}")
     if norm_type not in ("layer_norm", "batch_norm"):
         raise ValueError(f"norm_type must be 'layer_norm' or 'batch_norm', got {norm_type!r}")
-    layer_norm = norm_type == "layer_norm"
-    dev, dt = z.device, z.dtype
     a = F.linear(z, w["pw1.weight"], w.get("pw1.bias"))  # [B, T, 2D]
+    y = glu_conv_norm(a, conv_pool, layer, slots, pad, w, norm_type, eps)
+    return F.linear(y, w["pw2.weight"], w.get("pw2.bias"))
+
+
+def glu_conv_norm(
+    a: torch.Tensor,  # [B, T, 2D] pw1 output
+    conv_pool: torch.Tensor,  # [L, S, D, K-1]
+    layer: int,
+    slots: torch.Tensor,  # [B]
+    pad: torch.Tensor,  # [B, T] bool
+    w: dict,
+    norm_type: str,
+    eps: float,
+) -> torch.Tensor:
+    """The two Triton kernels of `conv_module` (everything between the pointwise convs): SiLU(norm(dwconv(GLU))) as
+    y [B, T, D], with conv_pool[layer, slots] rewritten."""
+    B, T, D2 = a.shape
+    D, K = D2 // 2, w["dw.weight"].shape[-1]
+    layer_norm = norm_type == "layer_norm"
+    dev, dt = a.device, a.dtype
     y = torch.empty(B, T, D, dtype=dt, device=dev)
     if B == 0:
-        return F.linear(y, w["pw2.weight"], w.get("pw2.bias"))
+        return y
+    a = a.contiguous()
     cache = conv_pool[layer]  # [S, D, K-1] view
     slots = slots.contiguous()
     pad = pad.contiguous().view(torch.uint8)
@@ -214,4 +235,4 @@ def conv_module(
         K=K, HAS_BIAS=has_bias, LAYER_NORM=layer_norm, ROUND_BF16=round_bf16,
         BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_K=triton.next_power_of_2(K - 1), num_warps=4,
     )
-    return F.linear(y, w["pw2.weight"], w.get("pw2.bias"))
+    return y

@@ -20,6 +20,8 @@ Two kernels and one GEMM:
    `torch.backends.cuda.matmul.allow_tf32 = False`, tensor cores for bf16), and there is nothing left to fuse into
    it (its input is already in its final layout; its epilogue is the bias). The reference ends with the same call.
 
+`conv_stages` launches the two kernels (the microbenchmark also times it alone); `subsample` adds the Linear.
+
 The time mask (frames t >= n_k zeroed, n_{k+1} = n_k // 2 + 1) is applied where the reference applies it: mel
 frames t0 >= n0 read as zeros, y0 frames t1 >= n1 are zero, and after each pointwise conv the frames t >= n_k are
 zero (the masks the reference applies before the pointwise convs and before the ReLUs only touch those frames,
@@ -202,6 +204,16 @@ def subsample(
 
     >>> x, n = subsample(mel, torch.tensor([105], device="cuda"), model.sub)   # 105 mel frames -> 14 frames
     """
+    y2, n = conv_stages(mel, lengths, w)
+    return F.linear(y2, w["out.weight"], w.get("out.bias")), n
+
+
+def conv_stages(
+    mel: torch.Tensor,  # [B, T, n_mels]
+    lengths: torch.Tensor,  # [B]
+    w: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two Triton kernels of `subsample` (everything but the output Linear): (y2 [B, T3, C * F3], lengths [B])."""
     B, T0, F0 = mel.shape
     C = w["conv0.weight"].shape[0]
     T1, F1 = _out_size(T0), _out_size(F0)
@@ -229,7 +241,7 @@ def subsample(
     y2 = torch.empty(B, T3, C * F3, dtype=dt, device=dev)
     n = torch.empty(B, dtype=torch.int64, device=dev)
     if B == 0:
-        return F.linear(y2, w["out.weight"], w.get("out.bias")), n
+        return y2, n
     block_co = min(max(triton.next_power_of_2(C), 16), 256)
     tiles = _TILES["cuda" if dev.type == "cuda" else "interpreter"]
 
@@ -247,4 +259,4 @@ def subsample(
         HAS_BIAS=has_bias, MM_DTYPE=mm_dtype, ROUND_BF16=round_bf16,
         BLOCK_P=block_p, BLOCK_CI=32, BLOCK_CO=block_co, num_warps=4,
     )
-    return F.linear(y2, w["out.weight"], w.get("out.bias")), n
+    return y2, n
