@@ -1,7 +1,8 @@
 """nemotron-engine: convert | transcribe | parity.
 
     nemotron-engine convert SRC.nemo OUT_DIR
-    nemotron-engine transcribe --model OUT_DIR [--lookahead-ms 80|160|560|1120] [--json] FILE...
+    nemotron-engine transcribe [--model OUT_DIR] [--lookahead-ms 80|160|560|1120] [--json] [--timing] [--tokens]
+                               [FILE...]     (default: the shipped demo model and its examples)
     nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
     nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,25 +103,54 @@ def cmd_transcribe(args) -> int:
     from nemotron_engine.engine import Engine
 
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    model = args.model or demo_model_dir()
     try:
-        engine = Engine(args.model)
+        if not (Path(model) / "config.json").is_file():
+            raise FileNotFoundError(f"{model}: not a model directory (no config.json); give --model, a directory "
+                                    "written by `nemotron-engine convert`")
+        t_load = time.perf_counter()
+        engine = Engine(model)
+        t_load = time.perf_counter() - t_load
         if args.lookahead_ms is not None:
             engine.cfg.lookahead_from_ms(args.lookahead_ms)
     except (FileNotFoundError, ValueError) as e:
         _err(str(e))
         return 2
     status = 0
-    for f, res, err in transcribe_files(engine, args.files, args.lookahead_ms):
+    files = args.files or [str(p) for p in sorted(Path(model, "examples").glob("*.wav"))]
+    if not files:
+        _err(f"no audio files given and no examples under {model}/examples")
+        return 2
+    t0 = time.perf_counter()
+    audio_s = 0.0
+    for f, res, err in transcribe_files(engine, files, args.lookahead_ms):
         if err:
             _err(err)
             status = 1
             continue
+        audio_s += res.audio_s
         if args.json:
             print(json.dumps({"file": f, "text": res.text, "tokens": res.tokens,
                               "timestamps_ms": res.timestamps_ms}), flush=True)
         else:
-            print(f"{f}: {res.text}" if len(args.files) > 1 else res.text, flush=True)
+            print(f"{f}: {res.text}" if len(files) > 1 else res.text, flush=True)
+            if args.tokens:
+                pieces = engine.tokenizer.pieces(res.tokens)
+                print("  tokens: " + " ".join(f"{p}@{t}ms" for p, t in zip(pieces, res.timestamps_ms)), flush=True)
+    if args.timing:
+        wall = time.perf_counter() - t0
+        la = args.lookahead_ms or (engine.cfg.lookaheads[0] + 1) * engine.cfg.frame_ms
+        print(f"timing: {len(files)} files, {audio_s:.2f} s of audio streamed in {wall:.2f} s "
+              f"({audio_s / max(wall, 1e-9):.1f}x real time) at {la} ms lookahead on {engine.device}; "
+              f"model load {t_load:.2f} s", file=sys.stderr)
     return status
+
+
+def demo_model_dir() -> Path:
+    """The shipped demo model (weights/demo, installed as nemotron_engine/weights/demo)."""
+    from nemotron_engine import weights
+
+    return Path(weights.__file__).parent / "demo"
 
 
 def cmd_parity(args) -> int:
@@ -152,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(func=cmd_convert)
 
     t = sub.add_parser("transcribe", help="stream audio files through the engine and print transcripts")
-    t.add_argument("--model", required=True, help="a directory written by `convert`")
+    t.add_argument("--model", default=None,
+                   help="a directory written by `convert` (default: the shipped demo model, weights/demo)")
     t.add_argument("--lookahead-ms", type=int, default=None,
                    help="latency mode (default: the checkpoint's first att_context_size)")
     t.add_argument("--json", action="store_true", help="one JSON object per file: file, text, tokens, timestamps_ms")
-    t.add_argument("files", nargs="+")
+    t.add_argument("--timing", action="store_true", help="print audio seconds, wall time and real-time factor")
+    t.add_argument("--tokens", action="store_true", help="print each token piece with its timestamp")
+    t.add_argument("files", nargs="*", help="audio files (default: the model's examples/*.wav)")
     t.set_defaults(func=cmd_transcribe)
 
     q = sub.add_parser("parity", help="compare the engine with NeMo's own cache-aware streaming (needs NeMo)")

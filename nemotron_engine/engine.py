@@ -12,6 +12,7 @@ start-up; a step reads and updates it in place for the streams it runs.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Result:
     tokens: list[int]  # token ids, blank excluded
     timestamps_ms: list[int]  # one per token: its encoder frame x 80 ms
     final: bool  # the stream has finished and every chunk has been decoded
+    audio_s: float = 0.0  # seconds of audio pushed so far
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Stream:
         self.final_reported = False
         self.encoder_outputs: list[torch.Tensor] = []  # per step [T, D], when the engine keeps them
         self.closed = False
+        self.samples = 0  # audio samples pushed
 
     # ---- input -----------------------------------------------------------------------------------------------
     def push(self, pcm, sample_rate: int | None = None) -> None:
@@ -102,6 +105,7 @@ class Stream:
             raise RuntimeError(f"stream {self.id}: push() after finish()")
         sr = self.engine.cfg.sample_rate if sample_rate is None else sample_rate
         x = _as_float_pcm(pcm, sr, self.engine.cfg.sample_rate)
+        self.samples += x.numel()
         self._append(self.fe.push(x))
 
     def finish(self) -> None:
@@ -168,7 +172,37 @@ class Stream:
     def result(self) -> Result:
         eng = self.engine
         return Result(eng.tokenizer.decode(self.tokens), list(self.tokens),
-                      [f * eng.cfg.frame_ms for f in self.stamps], self.done)
+                      [f * eng.cfg.frame_ms for f in self.stamps], self.done, self.samples / eng.cfg.sample_rate)
+
+
+def _decode_torch(model, enc, lengths, cache, slots, offsets):
+    """The reference greedy decoder over the streams' decoder state in the pool (gathered, then written back)."""
+    dec = DecoderState(cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots])
+    toks, stamps, dec = greedy_decode(model, enc, lengths, dec, offsets)
+    cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots] = dec.h, dec.c, dec.label, dec.pred
+    return toks, stamps
+
+
+def _select_backend(backend: str, device: torch.device):
+    """(encoder step, decoder) for a backend; see Engine."""
+    if backend == "torch":
+        return encoder_step_paged, _decode_torch
+    if backend != "triton":
+        raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend='triton' on device {device} needs a CUDA device, or TRITON_INTERPRET=1 set before "
+                         "nemotron_engine is imported (Triton's interpreter, for tests)")
+    try:
+        from .kernels.encoder import encoder_step_paged as triton_step
+    except ImportError as e:
+        raise ValueError(f"backend='triton' needs the triton package ({e}); pip install triton") from e
+    decode = _decode_torch
+    if device.type == "cuda":
+        from . import _ext
+
+        if _ext.load_extension() is not None:
+            from .decode_cuda import greedy_decode_pool as decode
+    return triton_step, decode
 
 
 class Engine:
@@ -183,13 +217,20 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                  max_streams: int | None = None,
-                 memory_budget: int | None = None, keep_encoder_outputs: bool = False):
+                 memory_budget: int | None = None, keep_encoder_outputs: bool = False, backend: str | None = None):
         """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
         streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
-        parity checks against NeMo, which compare activations step by step)."""
+        parity checks against NeMo, which compare activations step by step).
+
+        backend: "torch" (the reference, pure torch; the default on the CPU) or "triton" (the default on CUDA:
+        the Triton encoder kernels, and on CUDA the CUDA greedy decoder of the compiled extension). On the CPU the
+        Triton path runs under Triton's interpreter, with TRITON_INTERPRET=1 set before the engine is imported.
+        """
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
+        self.backend = backend or ("triton" if self.device.type == "cuda" else "torch")
+        self._encoder_step, self._decode = _select_backend(self.backend, self.device)
         self.model = Model.load(model_dir, dtype=dtype, device=self.device)
         self.cfg: ModelConfig = self.model.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
@@ -273,11 +314,9 @@ class Engine:
         mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
         slots = torch.tensor([s.slot for s in streams], dtype=torch.int64, device=dev)
         cache = self.cache
-        out, out_len = encoder_step_paged(self.model, mel, mel_len, cache, slots, r, first)
-        dec = DecoderState(cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots])
+        out, out_len = self._encoder_step(self.model, mel, mel_len, cache, slots, r, first)
         offsets = torch.tensor([s.frames for s in streams], device=dev)
-        toks, stamps, dec = greedy_decode(self.model, out, out_len, dec, offsets)
-        cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots] = dec.h, dec.c, dec.label, dec.pred
+        toks, stamps = self._decode(self.model, out, out_len, cache, slots, offsets)
         updates = []
         n_new = mel.shape[1] - (0 if first else PRE_ENCODE_CACHE)
         for i, s in enumerate(streams):

@@ -32,6 +32,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
+    def pieces(self, ids: list[int]) -> list[str]:
+        """The SentencePiece piece of each token id ("▁" marks a word start)."""
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
     def decode(self, ids: list[int]) -> str:
         text = self.sp.decode_ids([int(i) for i in ids])
         if self._space_before_punct is not None:

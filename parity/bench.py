@@ -604,6 +604,46 @@ class NemoStepper:
 
 
 # ---- the sweep -------------------------------------------------------------------------------------------------
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def accuracy_gate(model_dir: Path, dtype: torch.dtype, lookaheads_ms: list[int] | None = None) -> dict:
+    """The accuracy of `dtype` against fp32 on a trained model and its example audio (model_dir/examples/*.wav):
+    per lookahead, the largest relative error (max-norm) of any step's encoder output, and the fraction of files
+    whose tokens are identical. Random models are chaotic (a tiny difference flips a token within ~100 tokens),
+    so only trained weights make the comparison meaningful."""
+    import soundfile as sf
+
+    from nemotron_engine.config import ModelConfig
+    from nemotron_engine.engine import Engine
+
+    cfg = ModelConfig.load(model_dir)
+    wavs = sorted(Path(model_dir, "examples").glob("*.wav"))
+    if not wavs:
+        raise FileNotFoundError(f"no example audio under {model_dir}/examples")
+    pcms = [sf.read(w, dtype="float32")[0] for w in wavs]
+    rows = []
+    for ms in lookaheads_ms or [(r + 1) * cfg.frame_ms for r in cfg.lookaheads]:
+        outs = {}
+        for dt in (torch.float32, dtype):
+            with Engine(model_dir, dtype=dt, max_streams=len(pcms), keep_encoder_outputs=True) as eng:
+                ss = [eng.open_stream(ms) for _ in pcms]
+                for s_, x in zip(ss, pcms):
+                    s_.push(x)
+                    s_.finish()
+                for _ in eng.drain():
+                    pass
+                outs[dt] = [(s_.result().tokens, s_.encoder_outputs) for s_ in ss]
+        err = 0.0
+        for (_, e32), (_, elo) in zip(outs[torch.float32], outs[dtype]):
+            for a, b in zip(e32, elo):
+                err = max(err, float((a - b).abs().max() / a.abs().max().clamp(min=1e-30)))
+        same = sum(a[0] == b[0] for a, b in zip(outs[torch.float32], outs[dtype]))
+        rows.append({"lookahead_ms": ms, "files": len(pcms), "tokens_identical_files": same,
+                     "encoder_max_rel_err": err})
+    return {"model": str(model_dir), "dtype": str(dtype).replace("torch.", ""), "rows": rows}
+
+
 def device_name() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -619,10 +659,11 @@ def device_name() -> str:
 class Bench:
     """One benchmark session: the engine (and NeMo) loaded once, audio cached, records collected."""
 
-    def __init__(self, engine_dir: Path, nemo_model=None, cache_dir: Path | None = None, audio_s: float = 5.0):
+    def __init__(self, engine_dir: Path, nemo_model=None, cache_dir: Path | None = None, audio_s: float = 5.0,
+                 dtype: torch.dtype = torch.float32):
         from nemotron_engine.engine import Engine
 
-        self.engine = Engine(engine_dir)
+        self.engine = Engine(engine_dir, dtype=dtype)
         self.cfg = self.engine.cfg
         self.nemo = nemo_model
         self.cache_dir = Path(cache_dir or default_cache_dir())
@@ -862,6 +903,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N values to sweep, ascending (default 1 2 4 ... 256)")
     r.add_argument("--audio-s", type=float, default=5.0, help="seconds of speech per stream (default 5)")
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    r.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="engine weights and activations (bf16 needs --gate-model: speed is reported beside accuracy)")
+    r.add_argument("--gate-model", type=Path, default=None,
+                   help="a trained engine directory (weights/demo) on which bf16 is compared with fp32")
     r.add_argument("--no-nemo", action="store_true", help="benchmark the engine alone")
     r.add_argument("--no-early-stop", action="store_true",
                    help="measure every N (default: a provider's sweep stops after the first N with RTF > 1)")
@@ -904,7 +949,15 @@ def run(args) -> dict:
         t0 = time.perf_counter()
         nemo_model = load_nemo_model(prep)
         _log(f"NeMo model ready ({time.perf_counter() - t0:.1f} s)")
-    bench = Bench(prep.engine_dir, nemo_model, cache_dir, args.audio_s)
+    dtype = DTYPES[args.dtype]
+    gate = None
+    if dtype != torch.float32:
+        if args.gate_model is None:
+            raise ValueError(f"--dtype {args.dtype} needs --gate-model DIR (a trained model, e.g. weights/demo): "
+                             "its speed is reported only beside its measured accuracy")
+        gate = accuracy_gate(Path(args.gate_model), dtype)
+        _log(f"accuracy gate ({args.dtype} vs fp32 on {args.gate_model}): {json.dumps(gate)}")
+    bench = Bench(prep.engine_dir, nemo_model, cache_dir, args.audio_s, dtype=dtype)
     cfg = bench.cfg
     for la in args.lookahead_ms:
         cfg.lookahead_from_ms(la)  # a clear error for a lookahead the model does not have
@@ -943,6 +996,8 @@ def run(args) -> dict:
             "nemo": ({"source": "measured: get_initial_cache_state(batch_size=1) + LSTM h, c",
                       "report": nemo_cache_bytes_per_stream(nemo_model)} if nemo_model is not None else None),
         },
+        "dtype": args.dtype,
+        "accuracy_gate": gate,
         "summary": summary,
         "records": bench.records,
         "timing_s": {"setup": t_setup, "build": prep.build_s, "total": time.perf_counter() - t_start},

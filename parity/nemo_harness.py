@@ -928,3 +928,56 @@ def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> St
         chunk_frames=chunk_frames,
         att_context_size=list(att_context_size),
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Engine directory -> NeMo model (the inverse of the converter, for shipped engine weights)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def nemo_from_engine(model_dir: Path, variant: Variant, work_dir: Path):
+    """A NeMo model (eval, CPU, fp32) holding an engine directory's weights: NeMo instantiates `variant` with the
+    directory's tokenizer, and every state_dict tensor is taken from the engine's model.safetensors through the
+    converter's WEIGHT_MAP (reshaped back to NeMo's shapes). load_state_dict is strict: a tensor the mapping misses
+    fails. Lets the shipped demo model, which is stored in the engine's format only, be checked against NeMo."""
+    import re
+
+    from safetensors.torch import load_file
+
+    from nemotron_engine.weights.convert import SHARED_POS_BIAS, WEIGHT_MAP
+
+    model_dir, work_dir = Path(model_dir), Path(work_dir)
+    tok_dir = work_dir / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    import sentencepiece as spm
+
+    shutil.copy(model_dir / "tokenizer.model", tok_dir / "tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    lines = [p[1:] if p.startswith("\u2581") else f"##{p}" for p in map(sp.id_to_piece, range(sp.get_piece_size()))
+             if not (p.startswith("<") and p.endswith(">"))]
+    (tok_dir / "vocab.txt").write_text("\n".join(lines) + "\n")
+    model = instantiate(variant, tok_dir, seed=0)
+    eng = load_file(str(model_dir / "model.safetensors"))
+    patterns = [(re.compile("^" + re.escape(src).replace(r"\{\}", r"(\d+)") + "$"), dst) for src, dst in
+                WEIGHT_MAP.items()]
+    sd = {}
+    for key, t in model.state_dict().items():
+        if key.endswith("num_batches_tracked") or key == "encoder.pos_enc.pe":
+            sd[key] = t
+            continue
+        if key in SHARED_POS_BIAS:
+            sd[key] = eng[f"layers.0.{SHARED_POS_BIAS[key]}"].reshape(t.shape)
+            continue
+        for rx, dst in patterns:
+            m = rx.match(key)
+            if m:
+                sd[key] = eng[dst.format(*m.groups()) if "{}" in dst else dst].reshape(t.shape).to(t.dtype)
+                break
+        else:
+            raise KeyError(f"no engine tensor for NeMo's {key}")
+    model.load_state_dict(sd, strict=True)
+    set_greedy_decoding(model, variant.max_symbols)
+    model.eval()
+    return model
