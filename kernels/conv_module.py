@@ -104,6 +104,7 @@ def _conv_dw_norm_fwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,  # >= D: the norm needs every channel
     BLOCK_K: tl.constexpr,  # >= K - 1
+    BLOCK_DC: tl.constexpr,  # channels per step of the cache write
 ):
     i_t, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -117,7 +118,7 @@ def _conv_dw_norm_fwd_kernel(
     b_acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         b_acc += tl.load(dw_b + o_d, mask=m_d, other=0.).to(tl.float32)[None, :]
-    for k in tl.static_range(K):
+    for k in range(K):  # a loop, not unrolled: fewer registers, more programs resident
         b_x = tl.load(p_seq + (o_t + k)[:, None] * D + o_d[None, :], mask=m, other=0.).to(tl.float32)
         b_w = tl.load(dw_w + o_d * K + k, mask=m_d, other=0.).to(tl.float32)
         b_acc += b_x * b_w[None, :]
@@ -137,18 +138,24 @@ def _conv_dw_norm_fwd_kernel(
     p_y = y + (i_b * T + o_t)[:, None] * D + o_d[None, :]
     tl.store(p_y, _to_dtype(b_y, y.dtype.element_ty, ROUND_BF16), mask=m)
 
-    # the new cache: the last K-1 rows of seq, written by the stream's first program
-    slot = tl.load(slots + i_b).to(tl.int64)
-    o_j = tl.arange(0, BLOCK_K)
-    m_j = (o_j < K - 1)[:, None] & m_d[None, :] & (i_t == 0)
-    b_c = tl.load(p_seq + (T + o_j)[:, None] * D + o_d[None, :], mask=m_j, other=0.)
-    tl.store(cache + slot * s_slot + o_d[None, :] * s_d + o_j[:, None] * s_k, b_c, mask=m_j)
+    # the new cache: the last K-1 rows of seq, written by the stream's first program, BLOCK_DC channels at a time
+    if i_t == 0:
+        slot = tl.load(slots + i_b).to(tl.int64)
+        o_j = tl.arange(0, BLOCK_K)
+        for d0 in range(0, BLOCK_D, BLOCK_DC):
+            o_dc = d0 + tl.arange(0, BLOCK_DC)
+            m_j = (o_j < K - 1)[:, None] & (o_dc < D)[None, :]
+            b_c = tl.load(p_seq + (T + o_j)[:, None] * D + o_dc[None, :], mask=m_j, other=0.)
+            tl.store(cache + slot * s_slot + o_dc[None, :] * s_d + o_j[:, None] * s_k, b_c, mask=m_j)
 
 
-# Tiles. The interpreter's cost is per program and per operation, not per element, so on the CPU a program takes a
-# whole stream; tests also run the GPU tiling there.
-_TILES = {"cuda": {"glu_rows": 8, "glu_d": 256, "norm_elems": 4096},
-          "interpreter": {"glu_rows": 1 << 30, "glu_d": 1 << 30, "norm_elems": 1 << 30}}
+# Tiles: GLU kernel rows x channels per program; norm kernel frames x channels (BLOCK_T * BLOCK_D <= norm_elems) and
+# warps per program. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas) and reading the
+# register use (the norm kernel at D = 1024: 80 registers, no spills); they are not yet tuned by timing. The
+# interpreter's cost is per program and per operation, not per element, so on the CPU a program takes a whole
+# stream; tests also run the GPU tiling there.
+_TILES = {"cuda": {"glu_rows": 8, "glu_d": 256, "norm_elems": 2048, "norm_warps": 8},
+          "interpreter": {"glu_rows": 1 << 30, "glu_d": 1 << 30, "norm_elems": 1 << 30, "norm_warps": 4}}
 
 
 def conv_module(
@@ -233,6 +240,7 @@ def glu_conv_norm(
         seq, dw_w, w["dw.bias"] if has_bias else dw_w, w["norm.weight"], w["norm.bias"], n_mean, n_var, y,
         cache, slots, T, D, *cache.stride(), eps,
         K=K, HAS_BIAS=has_bias, LAYER_NORM=layer_norm, ROUND_BF16=round_bf16,
-        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_K=triton.next_power_of_2(K - 1), num_warps=4,
+        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_K=triton.next_power_of_2(K - 1), BLOCK_DC=min(block_d, 256),
+        num_warps=tiles["norm_warps"],
     )
     return y

@@ -66,6 +66,7 @@ def _subsample_stage1_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     MM_DTYPE: tl.constexpr,  # dtype of the product operands: the input dtype, or fp32 under the interpreter
     ROUND_BF16: tl.constexpr,  # bf16 under the interpreter: round by hand (see _to_dtype)
+    CONV0_DOT: tl.constexpr,  # conv0 as a product (tensor cores) or as 9 outer products (FMA)
     BLOCK_P: tl.constexpr,
     BLOCK_CI: tl.constexpr,
     BLOCK_CO: tl.constexpr,
@@ -75,6 +76,9 @@ def _subsample_stage1_fwd_kernel(
     n0 = tl.load(lengths + i_b)
     n1 = n0 // 2 + 1
     n2 = n1 // 2 + 1
+    # the stream's base pointers (64-bit); offsets within a stream are 32-bit
+    mel += i_b * T0 * F0
+    y1 += i_b * T2 * F2 * C
 
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] flat output position t2 * F2 + f2
     m_p = o_p < T2 * F2
@@ -92,23 +96,36 @@ def _subsample_stage1_fwd_kernel(
     for ci in range(0, C, BLOCK_CI):
         o_ci = ci + tl.arange(0, BLOCK_CI)
         m_ci = o_ci < C
-        b_w0 = tl.load(w0 + o_ci[None, :] * 9 + o_k[:, None], mask=m_k[:, None] & m_ci[None, :], other=0.)
-        b_w0 = b_w0.to(MM_DTYPE)  # [16, BLOCK_CI]
+        if CONV0_DOT:
+            b_w0 = tl.load(w0 + o_ci[None, :] * 9 + o_k[:, None], mask=m_k[:, None] & m_ci[None, :], other=0.)
+            b_w0 = b_w0.to(MM_DTYPE)  # [16, BLOCK_CI]
         b_dw = tl.zeros([BLOCK_P, BLOCK_CI], dtype=tl.float32)
         if HAS_BIAS:
             b_b0 = tl.load(b0 + o_ci, mask=m_ci, other=0.).to(tl.float32)
             b_dw += tl.load(b1 + o_ci, mask=m_ci, other=0.).to(tl.float32)[None, :]
-        for k1 in tl.static_range(9):
+        for k1 in range(9):  # a loop, not unrolled: the taps then share registers
             # the y0 position dw1's tap k1 reads; outside [0, T1) x [0, F1) it is dw1's zero padding, at t1 >= n1
             # the time mask
             t1 = 2 * t2 - 2 + k1 // 3
             f1 = 2 * f2 - 2 + k1 % 3
             m_1 = m_p & (t1 >= 0) & (t1 < T1) & (t1 < n1) & (f1 >= 0) & (f1 < F1)
-            t0 = 2 * t1[:, None] - 2 + kt0[None, :]  # [BLOCK_P, 16]
-            f0 = 2 * f1[:, None] - 2 + kf0[None, :]
-            m_0 = m_1[:, None] & m_k[None, :] & (t0 >= 0) & (t0 < T0) & (t0 < n0) & (f0 >= 0) & (f0 < F0)
-            b_x = tl.load(mel + (i_b * T0 + t0) * F0 + f0, mask=m_0, other=0.).to(MM_DTYPE)
-            b_y0 = tl.dot(b_x, b_w0, input_precision="ieee")  # [BLOCK_P, BLOCK_CI] conv0 at (t1, f1)
+            if CONV0_DOT:
+                # conv0 at (t1, f1) as [BLOCK_P, 16] mel taps x [16, BLOCK_CI] weights
+                t0 = 2 * t1[:, None] - 2 + kt0[None, :]
+                f0 = 2 * f1[:, None] - 2 + kf0[None, :]
+                m_0 = m_1[:, None] & m_k[None, :] & (t0 >= 0) & (t0 < T0) & (t0 < n0) & (f0 >= 0) & (f0 < F0)
+                b_x = tl.load(mel + t0 * F0 + f0, mask=m_0, other=0.).to(MM_DTYPE)
+                b_y0 = tl.dot(b_x, b_w0, input_precision="ieee")
+            else:
+                # conv0 at (t1, f1) as 9 outer products (fewer registers than an FMA product, no padding to 16)
+                b_y0 = tl.zeros([BLOCK_P, BLOCK_CI], dtype=tl.float32)
+                for k0 in tl.static_range(9):
+                    t0 = 2 * t1 - 2 + k0 // 3
+                    f0 = 2 * f1 - 2 + k0 % 3
+                    m_0 = m_1 & (t0 >= 0) & (t0 < T0) & (t0 < n0) & (f0 >= 0) & (f0 < F0)
+                    b_x = tl.load(mel + t0 * F0 + f0, mask=m_0, other=0.).to(tl.float32)
+                    b_w = tl.load(w0 + o_ci * 9 + k0, mask=m_ci, other=0.).to(tl.float32)
+                    b_y0 += b_x[:, None] * b_w[None, :]
             if HAS_BIAS:
                 b_y0 += b_b0[None, :]
             b_y0 = tl.where(m_1[:, None], tl.maximum(b_y0, 0.), 0.)
@@ -120,7 +137,7 @@ def _subsample_stage1_fwd_kernel(
     if HAS_BIAS:
         b_acc += tl.load(bp + o_co, mask=m_co, other=0.).to(tl.float32)[None, :]
     b_acc = tl.where((t2 < n2)[:, None], tl.maximum(b_acc, 0.), 0.)
-    p_y = y1 + ((i_b * T2 + t2) * F2 + f2)[:, None] * C + o_co[None, :]
+    p_y = y1 + o_p[:, None] * C + o_co[None, :]
     tl.store(p_y, _to_dtype(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
 
 
@@ -147,6 +164,8 @@ def _subsample_stage2_fwd_kernel(
     X_DTYPE = y1.dtype.element_ty
     n3 = ((tl.load(lengths + i_b) // 2 + 1) // 2 + 1) // 2 + 1
     tl.store(n_out + i_b, n3, mask=(i_p == 0) & (i_co == 0))
+    y1 += i_b * T2 * F2 * C
+    y2 += i_b * T3 * C * F3
 
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] flat output position t3 * F3 + f3
     m_p = o_p < T3 * F3
@@ -162,11 +181,11 @@ def _subsample_stage2_fwd_kernel(
         b_dw = tl.zeros([BLOCK_P, BLOCK_CI], dtype=tl.float32)
         if HAS_BIAS:
             b_dw += tl.load(b2 + o_ci, mask=m_ci, other=0.).to(tl.float32)[None, :]
-        for k in tl.static_range(9):
+        for k in range(9):  # a loop, not unrolled: the taps then share registers
             t2 = 2 * t3 - 2 + k // 3
             f2 = 2 * f3 - 2 + k % 3
             m_2 = m_p & (t2 >= 0) & (t2 < T2) & (f2 >= 0) & (f2 < F2)
-            p_x = y1 + ((i_b * T2 + t2) * F2 + f2)[:, None] * C + o_ci[None, :]
+            p_x = y1 + (t2 * F2 + f2)[:, None] * C + o_ci[None, :]
             b_x = tl.load(p_x, mask=m_2[:, None] & m_ci[None, :], other=0.).to(tl.float32)
             b_w = tl.load(w2 + o_ci * 9 + k, mask=m_ci, other=0.).to(tl.float32)
             b_dw += b_x * b_w[None, :]
@@ -176,13 +195,26 @@ def _subsample_stage2_fwd_kernel(
     if HAS_BIAS:
         b_acc += tl.load(bp + o_co, mask=m_co, other=0.).to(tl.float32)[None, :]
     b_acc = tl.where((t3 < n3)[:, None], tl.maximum(b_acc, 0.), 0.)
-    p_y = y2 + (i_b * T3 + t3)[:, None] * (C * F3) + o_co[None, :] * F3 + f3[:, None]
+    p_y = y2 + t3[:, None] * (C * F3) + o_co[None, :] * F3 + f3[:, None]
     tl.store(p_y, _to_dtype(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
 
 
-# Output positions per program. The interpreter's cost is per program and per operation, not per element, so on
-# the CPU a program takes a whole stream's positions (up to 1024); tests also run the GPU tiling there.
-_TILES = {"cuda": {"stage1": 64, "stage2": 32}, "interpreter": {"stage1": 1024, "stage2": 1024}}
+# Per dtype and stage: (BLOCK_P output positions, BLOCK_CI input channels per step, num_warps), and how conv0 is
+# computed. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas) and reading the register use:
+# no spills, 128-208 registers per thread; they are not yet tuned by timing. fp32 computes conv0 as FMAs (an
+# FMA-unit product of the 9 taps padded to 16 took 255 registers and spilled), bf16 as a tensor-core product. The
+# interpreter's cost is per program and per operation, not per element, so on the CPU a program takes a whole
+# stream's positions (up to 1024) and conv0 is one product; tests also run the GPU configuration there.
+_TILES = {
+    "cuda": {
+        torch.float32: {"stage1": (64, 32, 16), "stage2": (64, 32, 16), "conv0_dot": False},
+        torch.bfloat16: {"stage1": (64, 32, 8), "stage2": (64, 32, 16), "conv0_dot": True},
+    },
+    "interpreter": {
+        torch.float32: {"stage1": (1024, 32, 4), "stage2": (1024, 32, 4), "conv0_dot": True},
+        torch.bfloat16: {"stage1": (1024, 32, 4), "stage2": (1024, 32, 4), "conv0_dot": True},
+    },
+}
 
 
 def _out_size(n: int) -> int:
@@ -243,20 +275,23 @@ def conv_stages(
     if B == 0:
         return y2, n
     block_co = min(max(triton.next_power_of_2(C), 16), 256)
-    tiles = _TILES["cuda" if dev.type == "cuda" else "interpreter"]
+    tiles = _TILES["cuda" if dev.type == "cuda" else "interpreter"][
+        torch.float32 if dt == torch.float32 else torch.bfloat16]
 
-    block_p = min(tiles["stage1"], max(triton.next_power_of_2(T2 * F2), 16))
+    block_p, block_ci, num_warps = tiles["stage1"]
+    block_p = min(block_p, max(triton.next_power_of_2(T2 * F2), 16))
     grid = (triton.cdiv(T2 * F2, block_p), triton.cdiv(C, block_co), B)
     _subsample_stage1_fwd_kernel[grid](
         mel, lengths, w0, b0, w1, b1, wp1, bp1, y1, T0, F0, T1, F1, T2, F2, C,
-        HAS_BIAS=has_bias, MM_DTYPE=mm_dtype, ROUND_BF16=round_bf16,
-        BLOCK_P=block_p, BLOCK_CI=32, BLOCK_CO=block_co, num_warps=8,
+        HAS_BIAS=has_bias, MM_DTYPE=mm_dtype, ROUND_BF16=round_bf16, CONV0_DOT=tiles["conv0_dot"],
+        BLOCK_P=block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=num_warps,
     )
-    block_p = min(tiles["stage2"], max(triton.next_power_of_2(T3 * F3), 16))
+    block_p, block_ci, num_warps = tiles["stage2"]
+    block_p = min(block_p, max(triton.next_power_of_2(T3 * F3), 16))
     grid = (triton.cdiv(T3 * F3, block_p), triton.cdiv(C, block_co), B)
     _subsample_stage2_fwd_kernel[grid](
         y1, lengths, w2, b2, wp2, bp2, y2, n, T2, F2, T3, F3, C,
         HAS_BIAS=has_bias, MM_DTYPE=mm_dtype, ROUND_BF16=round_bf16,
-        BLOCK_P=block_p, BLOCK_CI=32, BLOCK_CO=block_co, num_warps=4,
+        BLOCK_P=block_p, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=num_warps,
     )
     return y2, n

@@ -79,13 +79,16 @@ def poisoned():
 
 @contextlib.contextmanager
 def tiles(kind: str):
-    """Run with the GPU's tiling ("cuda") or the interpreter's (one program per stream)."""
-    saved = dict(K._TILES["interpreter"])
-    K._TILES["interpreter"].update(K._TILES[kind])
+    """Run with the GPU's tiling and conv0 variant ("cuda") or the interpreter's (one program per stream)."""
+    interp = K._TILES["interpreter"]
+    saved = {dt: dict(cfg) for dt, cfg in interp.items()}
+    for dt, cfg in interp.items():
+        cfg.update(K._TILES[kind][dt])
     try:
         yield
     finally:
-        K._TILES["interpreter"].update(saved)
+        for dt, cfg in interp.items():
+            cfg.update(saved[dt])
 
 
 def run_case(b, t, n_mels, c, d, dtype, bias, device="cpu", tiling="interpreter"):
@@ -113,11 +116,12 @@ CASES = [
     (1, 13, True, 16, 8, True, "interpreter"),
     (3, 13, False, 80, 8, True, "interpreter"),
     (3, 6, True, 16, 8, False, "interpreter"),
-    (3, 6, False, 16, 40, True, "cuda"),
+    (1, 6, False, 80, 8, False, "cuda"),
     (3, 1, True, 16, 8, True, "interpreter"),
     (1, 1, False, 80, 40, True, "interpreter"),
     (17, 0, True, 16, 8, True, "interpreter"),
-    (3, 0, False, 80, 8, False, "cuda"),
+    (3, 0, False, 80, 8, False, "interpreter"),
+    (1, 0, True, 16, 40, True, "cuda"),
 ]
 
 
