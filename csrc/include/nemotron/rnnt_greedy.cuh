@@ -8,8 +8,9 @@
 //
 // Design: one thread block decodes G streams (G = 1, 2 or 4) in lock step, so every weight row it reads from L2
 // serves G streams. Each iteration every live stream takes one greedy decision at its own frame; the LSTM phase
-// runs for the streams that emitted. Matrix-vector products: warp w owns rows w, w + warps, ...; its lanes stride
-// over the row (16-byte loads when sizes and pointers allow) and reduce with a shuffle butterfly. The state of the
+// runs for the streams that emitted. Matrix-vector products: warp w owns rows w, w + warps, ... (four at a time, or
+// the four gates of one LSTM unit); its lanes stride over the rows (16-byte loads when sizes and pointers allow) and
+// reduce with a shuffle butterfly. The state of the
 // block's streams lives in shared memory as float; math in float; all control decisions are replicated in every
 // thread, so control flow is block-uniform and every __syncthreads is reached by all threads.
 //
@@ -34,6 +35,8 @@ namespace nemotron {
 
 constexpr int kRnntMaxLayers = 8;
 constexpr int kRnntMaxThreads = 512;
+// Joint and projection rows a warp reduces at once: more weight loads in flight, one shuffle butterfly.
+constexpr int kRnntRows = 4;
 
 struct RnntGreedyParams {
   const void* f;               // [B, T, J] joint.enc(enc) incl. bias, pool dtype, contiguous
@@ -247,7 +250,7 @@ __device__ __forceinline__ float sigmoid_f(float x) {
 // grid (ceil(B / G)), block (warps * 32), dynamic shared memory rnnt_smem_bytes(...): block i decodes streams
 // i * G .. i * G + G - 1.
 template <typename T, int G, bool kVec>
-__global__ void __launch_bounds__(kRnntMaxThreads) rnnt_greedy_kernel(const RnntGreedyParams p) {
+__global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const RnntGreedyParams p) {
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
@@ -348,18 +351,29 @@ __global__ void __launch_bounds__(kRnntMaxThreads) rnnt_greedy_kernel(const Rnnt
         b_best[i] = -INFINITY;
         b_idx[i] = INT_MAX;
       }
-      for (int64_t v = warp; v < V1; v += n_warps) {
-        const T* rows[1] = {p_out_w + v * J};
-        float acc[1][G];
-        warp_dots<T, 1, G, kVec>(rows, vecs, live, J, lane, acc);
-        warp_allreduce<G>(acc[0]);
-        const float bias = Num<T>::load(p_out_b + v);
+      for (int64_t v0 = warp; v0 < V1; v0 += kRnntRows * n_warps) {
+        const T* rows[kRnntRows];
 #pragma unroll
-        for (int i = 0; i < G; ++i) {
-          const float logit = Num<T>::round(acc[0][i] + bias);
-          if ((live & (1u << i)) && argmax_better(logit, static_cast<int>(v), b_best[i], b_idx[i])) {
-            b_best[i] = logit;
-            b_idx[i] = static_cast<int>(v);
+        for (int r = 0; r < kRnntRows; ++r) {
+          const int64_t v = v0 + r * n_warps;
+          rows[r] = p_out_w + (v < V1 ? v : v0) * J;  // rows past the end repeat v0, unused
+        }
+        float acc[kRnntRows][G];
+        warp_dots<T, kRnntRows, G, kVec>(rows, vecs, live, J, lane, acc);
+        warp_allreduce<kRnntRows * G>(&acc[0][0]);
+#pragma unroll
+        for (int r = 0; r < kRnntRows; ++r) {
+          const int64_t v = v0 + r * n_warps;
+          if (v < V1) {
+            const float bias = Num<T>::load(p_out_b + v);
+#pragma unroll
+            for (int i = 0; i < G; ++i) {
+              const float logit = Num<T>::round(acc[r][i] + bias);
+              if ((live & (1u << i)) && argmax_better(logit, static_cast<int>(v), b_best[i], b_idx[i])) {
+                b_best[i] = logit;
+                b_idx[i] = static_cast<int>(v);
+              }
+            }
           }
         }
       }
@@ -486,16 +500,25 @@ __global__ void __launch_bounds__(kRnntMaxThreads) rnnt_greedy_kernel(const Rnnt
       const float* vecs[G];
 #pragma unroll
       for (int i = 0; i < G; ++i) vecs[i] = s_stream[i] + lay.o_hn + (L - 1) * lay.hp;
-      for (int64_t v = warp; v < J; v += n_warps) {
-        const T* rows[1] = {p_pred_w + v * H};
-        float acc[1][G];
-        warp_dots<T, 1, G, kVec>(rows, vecs, emit, H, lane, acc);
-        warp_allreduce<G>(acc[0]);
-        const float bias = Num<T>::load(p_pred_b + v);
-        if (lane == 0) {
+      for (int64_t v0 = warp; v0 < J; v0 += kRnntRows * n_warps) {
+        const T* rows[kRnntRows];
 #pragma unroll
-          for (int i = 0; i < G; ++i) {
-            if (emit & (1u << i)) s_stream[i][lay.o_pred + v] = Num<T>::round(acc[0][i] + bias);
+        for (int r = 0; r < kRnntRows; ++r) {
+          const int64_t v = v0 + r * n_warps;
+          rows[r] = p_pred_w + (v < J ? v : v0) * H;
+        }
+        float acc[kRnntRows][G];
+        warp_dots<T, kRnntRows, G, kVec>(rows, vecs, emit, H, lane, acc);
+        warp_allreduce<kRnntRows * G>(&acc[0][0]);
+#pragma unroll
+        for (int r = 0; r < kRnntRows; ++r) {
+          const int64_t v = v0 + r * n_warps;
+          if (v < J && lane == 0) {
+            const float bias = Num<T>::load(p_pred_b + v);
+#pragma unroll
+            for (int i = 0; i < G; ++i) {
+              if (emit & (1u << i)) s_stream[i][lay.o_pred + v] = Num<T>::round(acc[r][i] + bias);
+            }
           }
         }
       }
