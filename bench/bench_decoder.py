@@ -76,8 +76,10 @@ def _model(dtype: torch.dtype):
     for layer in range(cfg.pred_rnn_layers):
         for name, shape in (("w_ih", (4 * h, h)), ("w_hh", (4 * h, h)), ("b_ih", (4 * h,)), ("b_hh", (4 * h,))):
             dec[f"lstm.{layer}.{name}"] = (torch.rand(shape, generator=g) * 2 - 1) * k
-    joint = {"enc.weight": torch.randn(j, d, generator=g) / math.sqrt(d), "enc.bias": torch.randn(j, generator=g) * 0.1,
-             "pred.weight": torch.randn(j, h, generator=g) / math.sqrt(h), "pred.bias": torch.randn(j, generator=g) * 0.1,
+    joint = {"enc.weight": torch.randn(j, d, generator=g) / math.sqrt(d),
+             "enc.bias": torch.randn(j, generator=g) * 0.1,
+             "pred.weight": torch.randn(j, h, generator=g) / math.sqrt(h),
+             "pred.bias": torch.randn(j, generator=g) * 0.1,
              "out.weight": torch.randn(v1, j, generator=g) * (2 / math.sqrt(j)),
              "out.bias": torch.randn(v1, generator=g) * 0.1}
     model = SimpleNamespace(cfg=cfg, dec=dec, joint=joint, dtype=torch.float32, device=torch.device("cpu"))

@@ -180,7 +180,8 @@ def make_step(model, b: int, t: int, seed: int, spare_slots: int = 7):
             lengths[i] = int(torch.randint(1, max(t, 2), (), generator=g)) if t > 1 else 0
         if kd != "mid" and kd != "finished":
             s = int(slots[i])
-            pool.h[:, s], pool.c[:, s], pool.pred[s], pool.label[s] = sos.h[:, 0], sos.c[:, 0], sos.pred[0], sos.label[0]
+            pool.h[:, s], pool.c[:, s] = sos.h[:, 0], sos.c[:, 0]
+            pool.pred[s], pool.label[s] = sos.pred[0], sos.label[0]
     if mid:
         # mid-utterance: the state after decoding 4 earlier frames from SOS
         n = len(mid)
