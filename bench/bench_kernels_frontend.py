@@ -47,7 +47,7 @@ LOOKAHEADS = [13, 1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PROVIDERS = ["triton", "kernels", "torch"]
 
-_ROWS: list[dict] = []
+_ROWS: list[tuple[tuple, dict]] = []  # (sort key, row) of every case, printed at the end
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def roofline(request):
         return
     head = f"{'case':<44} {'us':>9} {'GB/s':>8} {'TFLOP/s':>8} {'bound':>8} {'roofline':>9}"
     lines = ["", f"frontend kernels on {rf.device} (copy bandwidth {rf.bandwidth_gbs:.0f} GB/s)", head, "-" * len(head)]
+    rows = [row for _, row in sorted(_ROWS, key=lambda kr: kr[0])]
     lines += [f"{r['case']:<44} {r['us']:>9.1f} {r['GB/s']:>8.0f} {r['TFLOP/s']:>8.2f} {r['bound']:>8} "
-              f"{r['roofline_fraction']:>9.0%}" for r in _ROWS]
+              f"{r['roofline_fraction']:>9.0%}" for r in rows]
     # the table goes to the terminal past pytest's output capture
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
@@ -73,18 +74,18 @@ def _out(n: int) -> int:
     return n // 2 + 1
 
 
-def _record(benchmark, rf, case, fn, bytes_moved, flops, unit):
-    seconds = time_cuda(fn)
-    row = rf.row(case, seconds, bytes_moved, flops, unit)
-    _ROWS.append(row)
-    benchmark.group = case.rsplit(" ", 1)[0]
+def _record(benchmark, rf, op, provider, b, r, dtype, fn, bytes_moved, flops):
+    seconds = time_cuda(fn, warmup_ms=10, rep_ms=50)
+    row = rf.row(f"{op} B={b} R={r} {dtype} {provider}", seconds, bytes_moved, flops, unit=dtype)
+    _ROWS.append(((op, dtype, -r, b, PROVIDERS.index(provider)), row))
+    benchmark.group = f"{op} B={b} R={r} {dtype}"
     benchmark.extra_info.update(row)
 
     def call():
         fn()
         torch.cuda.synchronize()
 
-    benchmark.pedantic(call, rounds=5, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(call, rounds=3, warmup_rounds=1, iterations=1)
 
 
 def _subsample_inputs(b, r, dtype):
@@ -135,7 +136,7 @@ def test_subsample(benchmark, roofline, provider, b, r, dtype):
         def fn():
             return op(mel, lengths, w)
 
-    _record(benchmark, roofline, f"subsample B={b} R={r} {dtype} {provider}", fn, nbytes, flops, dtype)
+    _record(benchmark, roofline, "subsample", provider, b, r, dtype, fn, nbytes, flops)
 
 
 def _conv_inputs(b, t, dtype, norm_type="layer_norm"):
@@ -186,4 +187,4 @@ def test_conv_module(benchmark, roofline, provider, b, r, dtype):
                 pool[layer, slots] = cv
                 return out
 
-    _record(benchmark, roofline, f"conv_module B={b} R={r} {dtype} {provider}", fn, nbytes, flops, dtype)
+    _record(benchmark, roofline, "conv_module", provider, b, r, dtype, fn, nbytes, flops)
