@@ -5,13 +5,15 @@ Reference: `nemotron_engine.reference.attention.rel_attention` with the mask of
 `StreamCache.gather_window(layer, slots, frames - C)` and the chunk's rows stored by
 `StreamCache.write_rows(layer, slots, frames, k_new, v_new)` (as `encoder_step_paged` calls them).
 
-One program per (stream, head). All C + T <= BLOCK_N keys sit in one tile, so the softmax is a single exact pass
-with NeMo's semantics: masked scores are -10000 and count in the denominator, then their probabilities are zeroed
-(a query that sees no key outputs 0). The position term is one product with the rows of `pos` the chunk can use,
-rel = (C + i) - p in [-(T-1), C+T-1], followed by the rel-shift as a gather along the row:
-bd[i, p] = (q_i + v) . pos[rel(i, p) - rel_lo] = M[i, C + i - p + T - 1] with M = (q + v) @ pos[rows]^T.
-Page rows that a query may not see (before the stream's first frame, stale rows, other streams' pages) are never
-read into a product: their loads are masked, so NaN or garbage there cannot reach the output.
+One program per (stream, head). The position term is computed once for every relative position the chunk can use,
+rel = (C + i) - p in [-(T-1), C+T-1]: M = (q + v) @ pos[rows]^T, then the rel-shift is a gather along each row,
+bd[i, p] = (q_i + v) . pos[rel(i, p) - rel_lo] = M[i, C + i - p + T - 1]. Keys come in blocks of one page (the
+window, from the page boundary at or below its first frame), then the chunk's own T rows, with an online softmax
+that keeps NeMo's semantics: masked scores are -10000 and count in the denominator, their probabilities are zeroed
+(a query that sees no key outputs 0), columns outside the reference's [C | T] score matrix do not exist.
+Page rows a query may not see (before the stream's first frame, other streams' pages, stale rows) are never read
+into a product: their loads are masked, so NaN or garbage there cannot reach the output.
+fp32: products in full fp32 (no TF32); bf16: tensor cores, fp32 accumulation and softmax.
 """
 from __future__ import annotations
 

@@ -10,9 +10,13 @@ Small shapes run under the interpreter here; the `gpu` cases run the Nemotron sh
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import triton
 
 from nemotron_engine.cache import StreamCache
 from nemotron_engine.config import ModelConfig
@@ -197,3 +201,45 @@ def test_attention_bf16_gpu(B, T):
 def test_attention_head_sizes_gpu(dh):
     check_fp32(17, 14, 1024 // dh, dh, "cuda")
     check_bf16(17, 14, 1024 // dh, dh, "cuda")
+
+
+SM90_COMPILE = r'''
+import os, re, subprocess, tempfile
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from nemotron_engine.kernels.attention import _config, _paged_attention_fwd_kernel as K
+
+PTRS = ("q", "k_new", "v_new", "k_pages", "v_pages", "pos", "bias_u", "bias_v", "out")
+INTS = ("table", "slots", "frames", "lengths", "lookahead")
+STRIDES = ("s_qb", "s_qt", "s_kb", "s_kt", "s_vb", "s_vt", "s_ob", "s_ot", "s_kp", "s_kr", "s_vp", "s_vr", "s_ph",
+           "s_pr", "s_uh", "s_vh")
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+for dt, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    cfg = _config(14, 70, 128, 16, dtype, interpreted=False)  # the launcher's own choices at Nemotron's shape
+    opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    sig = {n: "constexpr" if n in cfg else "*" + dt if n in PTRS else "*i64" if n in INTS
+           else "fp32" if n == "sm_scale" else "i32" for n in K.arg_names}
+    # what the JIT specialises at run time: 16-byte aligned pointers, strides that are multiples of 16
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(K.arg_names) if n in PTRS + INTS + STRIDES}
+    c = triton.compile(ASTSource(fn=K, signature=sig, constexprs=cfg, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                       options=opts)
+    with tempfile.TemporaryDirectory() as d:
+        ptx = os.path.join(d, "k.ptx")
+        open(ptx, "w").write(c.asm["ptx"])
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(d, "k.cubin")],
+                           capture_output=True, text=True, check=True)
+    spills = [int(s) for s in re.findall(r"(\d+) bytes spill", r.stderr)]
+    print(dt, opts, "spill bytes", spills)
+    assert not any(spills), r.stderr
+'''
+
+
+def test_attention_compiles_for_sm90_without_spills():
+    """The interpreter does not run Triton's compiler: compile the kernel for sm_90 (H100) here, offline, with the
+    launcher's configuration at Nemotron's shape (dh = 128, T = 14), and check ptxas spills nothing."""
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this triton build ships no ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
