@@ -9,10 +9,12 @@ Two kernels and one GEMM:
 1. `_subsample_stage1_fwd_kernel`: conv0 + ReLU + dw1 + pw1 + ReLU -> y1 [B, T2, F2, C]. A program owns BLOCK_P
    output positions (t2, f2) of one stream and BLOCK_CO output channels. conv0's output y0 [B, C, T1, F1] (4 MB per
    stream in fp32 at Nemotron sizes, the largest activation of the model) never leaves the chip: for each of dw1's
-   9 taps, the y0 values it reads are recomputed from the mel patch as a [BLOCK_P, 16] x [16, BLOCK_CI] product
-   (the 9 conv0 taps padded to 16), i.e. conv0 is done ~2.25x over (one extra row and column per output) in
-   exchange for not writing and re-reading y0. The dw1 result is the A operand of pw1's product, accumulated over
-   input-channel blocks, so it is never stored either.
+   9 taps, the y0 values it reads are recomputed from the mel patch, i.e. conv0 is done ~2.25x over (one extra
+   row and column per output) in exchange for not writing and re-reading y0. bf16 recomputes them as a
+   [BLOCK_P, 16] x [16, BLOCK_CI] tensor-core product (the 9 conv0 taps padded to 16), fp32 as 9 outer products
+   on the FMA units (see _TILES). The dw1 result is the A operand of pw1's product, accumulated over input-channel
+   blocks, so it is never stored either. (The pw1 product is done here, not by cuBLAS, to keep dw1's output on
+   chip: 1 MB per stream in fp32 that would otherwise be written and read back.)
 2. `_subsample_stage2_fwd_kernel`: dw2 + pw2 + ReLU -> y2 [B, T3, C * F3], stored at the flattened index
    c * F3 + f, so the output Linear is a plain row-major GEMM with no reshape; it also writes the output lengths.
 3. The output Linear [B * T3, C * F3] x [C * F3, D] is `torch.nn.functional.linear` (cuBLAS): a plain dense GEMM
@@ -30,7 +32,11 @@ which the pointwise result at the same frame overwrites with zero anyway). Lengt
 Precision: accumulation is fp32; fp32 products use `input_precision="ieee"` (Triton's default tf32 would miss
 1e-5). For bf16 the products take bf16 operands (tensor cores), rounding the on-chip dw outputs to bf16 as the
 reference does; y1 and y2 are stored in the input dtype. Under the interpreter (CPU tensors) the bf16 operands
-are rounded to bf16 and multiplied in fp32, because the interpreter's dot does not support bf16.
+are rounded to bf16 and multiplied in fp32, because the interpreter's dot does not support bf16, and roundings
+to bf16 are done by hand (`_to_dtype`), because the interpreter's cast truncates.
+
+Loops over channels have constexpr bounds (C): under the interpreter with numpy >= 2 a loop bound that is a kernel
+argument fails (`int()` of a 1-element array).
 """
 from __future__ import annotations
 
