@@ -11,17 +11,16 @@ OUT=${OUT:-gpu_report}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-status() { echo "$1: rc=$2" | tee -a "$OUT/summary.txt"; }
-: > "$OUT/summary.txt"
-
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/device.txt" 2>&1
-cat "$OUT/device.txt"
+status() { echo "$1: rc=$2 at ${SECONDS}s" | tee -a "$OUT/summary.txt"; }
+# at most 7 files under $OUT: summary.txt, build.log, gpu_tests.log, bench.log, bench.json, engine.log, engine.json
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/summary.txt" 2>&1
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
-    | tee -a "$OUT/device.txt"
+    >> "$OUT/summary.txt" 2>&1
+cat "$OUT/summary.txt"
 
 # 1. build (only the local GPU's architecture: faster than the default sm_80;90 fat binary)
 ARCH=$($PY -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}{p[1]}')")
-NEMOTRON_CUDA_ARCHS=${NEMOTRON_CUDA_ARCHS:-$ARCH} timeout 300 $PY -m pip install -q --no-build-isolation --no-deps \
+NEMOTRON_CUDA_ARCHS=${NEMOTRON_CUDA_ARCHS:-$ARCH} timeout ${BUILD_TIMEOUT:-150} $PY -m pip install -q --no-build-isolation --no-deps \
     -e . > "$OUT/build.log" 2>&1
 status build $?
 $PY -c "from nemotron_engine import _ext; print('extension:', _ext.build_info(), _ext.extension_error())" \
@@ -29,26 +28,26 @@ $PY -c "from nemotron_engine import _ext; print('extension:', _ext.build_info(),
 
 # 2. gpu-marked tests
 GPU_TESTS=$(ls tests/test_extension.py tests/test_decoder_cuda.py tests/test_kernels_*.py 2>/dev/null)
-timeout ${GPU_TEST_TIMEOUT:-240} $PY -m pytest -m gpu $GPU_TESTS -q -rfEs -p no:cacheprovider \
-    --junitxml="$OUT/gpu_tests.xml" > "$OUT/gpu_tests.log" 2>&1
+timeout ${GPU_TEST_TIMEOUT:-170} $PY -m pytest -m gpu $GPU_TESTS -q -rfE -p no:cacheprovider --durations=15 \
+    > "$OUT/gpu_tests.log" 2>&1
 status gpu_tests $?
 tail -5 "$OUT/gpu_tests.log"
 
-# 3. microbenchmarks (kernels, decoder)
-BENCHES=$(ls bench/bench_kernels_*.py bench/bench_decoder.py 2>/dev/null)
-timeout ${BENCH_TIMEOUT:-180} $PY -m pytest $BENCHES -q -s -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
-    > "$OUT/bench.log" 2>&1
-status bench $?
-
-# 4. the engine end to end on the shipped demo model
+# 3. the engine end to end on the shipped demo model
 if [ -d weights/demo ]; then
-    timeout ${ENGINE_TIMEOUT:-150} $PY bench/gpu_engine.py weights/demo weights/demo/examples/*.wav \
+    timeout ${ENGINE_TIMEOUT:-90} $PY bench/gpu_engine.py weights/demo weights/demo/examples/*.wav \
         --json "$OUT/engine.json" > "$OUT/engine.log" 2>&1
     status engine $?
 fi
 
+# 4. microbenchmarks (kernels, decoder)
+BENCHES=$(ls bench/bench_kernels_*.py bench/bench_decoder.py 2>/dev/null)
+timeout ${BENCH_TIMEOUT:-120} $PY -m pytest $BENCHES -q -s -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
+    > "$OUT/bench.log" 2>&1
+status bench $?
+
 echo "== summary =="
 cat "$OUT/summary.txt"
 grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
-grep -E "^\|" "$OUT/bench.log" | head -60
 tail -12 "$OUT/engine.log" 2>/dev/null
+grep -vE "^(bench|tests)/.*(PASSED|SKIPPED)|^\s*$" "$OUT/bench.log" | tail -70
