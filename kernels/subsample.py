@@ -206,14 +206,15 @@ def _subsample_stage2_fwd_kernel(
 
 
 # Per dtype and stage: (BLOCK_P output positions, BLOCK_CI input channels per step, num_warps), and how conv0 is
-# computed. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas) and reading the register use:
-# no spills, 128-208 registers per thread; they are not yet tuned by timing. fp32 computes conv0 as FMAs (an
-# FMA-unit product of the 9 taps padded to 16 took 255 registers and spilled), bf16 as a tensor-core product. The
-# interpreter's cost is per program and per operation, not per element, so on the CPU a program takes a whole
-# stream's positions (up to 1024) and conv0 is one product; tests also run the GPU configuration there.
+# computed. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas; the test
+# test_subsample_compiles_for_sm90_without_spills repeats it) and reading the register use: no spills, 116-151
+# registers per thread; they are not yet tuned by timing. fp32 computes conv0 as FMAs (an FMA-unit product of the
+# 9 taps padded to 16 took 255 registers and spilled), bf16 as a tensor-core product. The interpreter's cost is per
+# program and per operation, not per element, so on the CPU a program takes a whole stream's positions (up to 1024)
+# and conv0 is one product; tests also run the GPU configuration there.
 _TILES = {
     "cuda": {
-        torch.float32: {"stage1": (64, 32, 16), "stage2": (64, 32, 16), "conv0_dot": False},
+        torch.float32: {"stage1": (64, 32, 16), "stage2": (64, 16, 16), "conv0_dot": False},
         torch.bfloat16: {"stage1": (64, 32, 8), "stage2": (64, 32, 16), "conv0_dot": True},
     },
     "interpreter": {
