@@ -34,8 +34,9 @@ status gpu_tests $?
 tail -5 "$OUT/gpu_tests.log"
 
 # 3. the engine end to end on the shipped demo model
-if [ -d weights/demo ]; then
-    timeout ${ENGINE_TIMEOUT:-90} $PY bench/gpu_engine.py weights/demo weights/demo/examples/*.wav \
+MODEL=${GPU_MODEL:-weights/demo}
+if [ -d "$MODEL" ]; then
+    timeout ${ENGINE_TIMEOUT:-90} $PY bench/gpu_engine.py "$MODEL" "$MODEL"/examples/*.wav \
         --json "$OUT/engine.json" > "$OUT/engine.log" 2>&1
     status engine $?
 fi
