@@ -18,10 +18,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from nemotron_engine import Engine
+
+
+def read_wav(path) -> np.ndarray:
+    """16-bit PCM mono WAV -> float32 [N] (the stdlib reader: soundfile may be absent on a GPU box)."""
+    import wave
+
+    with wave.open(str(path)) as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1 or w.getframerate() != 16000:
+            raise ValueError(f"{path}: expected 16 kHz mono 16-bit PCM")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
 
 
 def transcribe_all(model_dir, pcms, lookahead_ms, **kw) -> list[list[int]]:
@@ -76,7 +85,7 @@ def main(argv=None) -> int:
     # fp32 parity needs full-precision GEMMs and convolutions on the GPU (cuDNN allows TF32 by default)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    pcms = [sf.read(w, dtype="float32")[0] for w in a.wavs]
+    pcms = [read_wav(w) for w in a.wavs]
     from nemotron_engine.config import ModelConfig
 
     cfg = ModelConfig.load(a.model)

@@ -26,12 +26,16 @@ status build $?
 $PY -c "from nemotron_engine import _ext; print('extension:', _ext.build_info(), _ext.extension_error())" \
     2>&1 | tee -a "$OUT/build.log"
 
-# 2. gpu-marked tests
-GPU_TESTS=$(ls tests/test_extension.py tests/test_decoder_cuda.py tests/test_kernels_*.py 2>/dev/null)
-timeout ${GPU_TEST_TIMEOUT:-170} $PY -m pytest -m gpu $GPU_TESTS -q -rfE -p no:cacheprovider --durations=15 \
-    > "$OUT/gpu_tests.log" 2>&1
-status gpu_tests $?
-tail -5 "$OUT/gpu_tests.log"
+# 2. gpu-marked tests, one pytest process per file (a crash in one file does not hide the others' results)
+: > "$OUT/gpu_tests.log"
+T_END=$((SECONDS + ${GPU_TEST_TIMEOUT:-200}))
+for f in $(ls tests/test_kernels_*.py tests/test_decoder_cuda.py tests/test_extension.py 2>/dev/null); do
+    left=$((T_END - SECONDS)); [ $left -gt 5 ] || { echo "$f: no time left" >> "$OUT/gpu_tests.log"; continue; }
+    echo "=== $f" >> "$OUT/gpu_tests.log"
+    timeout $left $PY -m pytest -m gpu "$f" -q -rfE -p no:cacheprovider --durations=5 >> "$OUT/gpu_tests.log" 2>&1
+    status "gpu_tests $f" $?
+done
+grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.log"
 
 # 3. the engine end to end on the shipped demo model
 MODEL=${GPU_MODEL:-weights/demo}
@@ -41,14 +45,14 @@ if [ -d "$MODEL" ]; then
     status engine $?
 fi
 
-# 4. microbenchmarks (kernels, decoder)
-BENCHES=$(ls bench/bench_kernels_*.py bench/bench_decoder.py 2>/dev/null)
+# 4. microbenchmarks (kernels, decoder); BENCHES="" skips them
+BENCHES=${BENCHES-$(ls bench/bench_kernels_*.py bench/bench_decoder.py 2>/dev/null)}
+[ -n "$BENCHES" ] && \
 timeout ${BENCH_TIMEOUT:-120} $PY -m pytest $BENCHES -q -s -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
     > "$OUT/bench.log" 2>&1
-status bench $?
+[ -n "$BENCHES" ] && status bench $?
 
 echo "== summary =="
 cat "$OUT/summary.txt"
-grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
 tail -12 "$OUT/engine.log" 2>/dev/null
 grep -vE "^(bench|tests)/.*(PASSED|SKIPPED)|^\s*$" "$OUT/bench.log" | tail -70
