@@ -37,6 +37,22 @@ for f in $(ls tests/test_kernels_*.py tests/test_decoder_cuda.py tests/test_exte
 done
 grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.log"
 
+# 2b. how the raw module reports a bad dtype code (a C++ std::invalid_argument -> ValueError), in a child process
+$PY -X faulthandler -c "
+import torch
+from nemotron_engine import _ext
+c = _ext.load_extension()
+x = torch.zeros(64, device='cuda'); i = torch.zeros(1, dtype=torch.int32, device='cuda')
+for name, call in [('fill_pages', lambda: c.fill_pages(x.data_ptr(), 7, 2, 32, i.data_ptr(), 1, 0.0, 0, 0)),
+                   ('rnnt_greedy', lambda: c.rnnt_greedy(0, 0, 0, 0, 0, 0, 0, 0, 0, [0], [0], [0], [0], 0, 0, 0, 0, 0,
+                                                         0, 0, 7, 1, 1, 1, 1, 1, 1, 2, 1, 1, 0, 0))]:
+    try:
+        call(); print(name, 'returned')
+    except Exception as e:
+        print(name, type(e).__name__, str(e)[:120])
+" >> "$OUT/gpu_tests.log" 2>&1
+status "raw-module errors" $?
+
 # 3. the engine end to end on the shipped demo model
 MODEL=${GPU_MODEL:-weights/demo}
 if [ -d "$MODEL" ]; then
