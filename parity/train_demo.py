@@ -60,10 +60,16 @@ def lr_at(step: int, frac: float, s: dict) -> float:
     return s["min_lr"] + 0.5 * (s["lr"] - s["min_lr"]) * (1 + math.cos(math.pi * min(frac, 1.0)))
 
 
-def train(work: Path, minutes: float | None, steps: int | None, log_every: int = 25) -> dict:
+def train(work: Path, minutes: float | None, steps: int | None, log_every: int = 25, resume: bool = False,
+          overrides: dict | None = None) -> dict:
+    """Train (or, with resume, continue training WORK/demo.nemo with a fresh warm-up + cosine schedule)."""
     from nemo.collections.asr.modules import SpectrogramAugmentation
 
-    s = SETTINGS
+    s = {**SETTINGS, **(overrides or {})}
+    previous = []
+    if resume:
+        info = json.loads((work / "train.json").read_text())
+        previous = info.pop("previous_phases", []) + [info]
     torch.manual_seed(s["seed"])
     rng = random.Random(s["seed"])
     corpus_dir = work / "corpus"
@@ -72,6 +78,10 @@ def train(work: Path, minutes: float | None, steps: int | None, log_every: int =
     audio, texts, _ = C.load_split(corpus_dir / "train.npz")
     tok_dir = train_tokenizer(work / "tokenizer", vocab_size=s["vocab"], texts=texts)
     model = instantiate(DEMO, tok_dir, seed=s["seed"])
+    if resume:
+        from .nemo_harness import load_nemo
+
+        model.load_state_dict(load_nemo(work / "demo.nemo").state_dict())
     set_greedy_decoding(model, DEMO.max_symbols)
     tokenizer = model.tokenizer
     targets = [tokenizer.text_to_ids(t) for t in texts]
@@ -130,18 +140,20 @@ def train(work: Path, minutes: float | None, steps: int | None, log_every: int =
             curve.append(row)
             print(json.dumps(row), flush=True)
         if time.time() - last_save > 300:
-            _save(model, work, s, step, t0, curve, texts, final=False)
+            _save(model, work, s, step, t0, curve, texts, final=False, previous=previous)
             last_save = time.time()
             model.train()
-    return _save(model, work, s, step, t0, curve, texts, final=True)
+    return _save(model, work, s, step, t0, curve, texts, final=True, previous=previous)
 
 
-def _save(model, work: Path, s: dict, step: int, t0: float, curve: list, texts: list[str], final: bool) -> dict:
+def _save(model, work: Path, s: dict, step: int, t0: float, curve: list, texts: list[str], final: bool,
+          previous: list | None = None) -> dict:
     model.eval()
     save_nemo(model, work / "demo.nemo")
     info = {"variant": asdict(DEMO), "settings": s, "steps": step, "minutes": round((time.time() - t0) / 60, 1),
             "train_utterances": len(texts), "threads": torch.get_num_threads(), "final": final,
-            "corpus": json.loads((work / "corpus" / "corpus.json").read_text()), "curve": curve}
+            "corpus": json.loads((work / "corpus" / "corpus.json").read_text()), "curve": curve,
+            "previous_phases": previous or [], "total_steps": step + sum(p["steps"] for p in previous or [])}
     (work / "train.json").write_text(json.dumps(info, indent=1))
     return info
 
@@ -155,11 +167,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is robust on a shared 2-core machine: OpenMP spin-waits collapse under "
                         "contention)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from WORK/demo.nemo with a fresh warm-up and cosine schedule (a second phase)")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {SETTINGS['lr']})")
+    p.add_argument("--warmup", type=int, default=None, help=f"warm-up steps (default {SETTINGS['warmup']})")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     minutes = a.minutes if (a.minutes or a.steps) else 45.0
-    info = train(a.work, minutes, a.steps)
+    overrides = {k: v for k, v in (("lr", a.lr), ("warmup", a.warmup)) if v is not None}
+    info = train(a.work, minutes, a.steps, resume=a.resume, overrides=overrides)
     print(f"trained {info['steps']} steps in {info['minutes']} min -> {a.work / 'demo.nemo'}")
     return 0
 

@@ -10,10 +10,15 @@ import torch
 RTOL = {torch.float32: 1e-5}
 
 
+def _f64(x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device="cpu", dtype=torch.float64)  # CUDA tensors too
+    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
+
+
 def rel_err(ref, out) -> float:
     """max |out - ref| / max |ref| (0 when both are empty)."""
-    ref = torch.as_tensor(np.asarray(ref), dtype=torch.float64)
-    out = torch.as_tensor(np.asarray(out), dtype=torch.float64)
+    ref, out = _f64(ref), _f64(out)
     assert ref.shape == out.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
     assert not torch.isnan(out).any(), "output has NaN"
     if ref.numel() == 0:

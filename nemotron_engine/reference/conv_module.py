@@ -16,10 +16,12 @@ def conv_norm(g: torch.Tensor, w: dict, norm_type: str, eps: float) -> torch.Ten
     if norm_type == "layer_norm":
         return F.layer_norm(g, g.shape[-1:], w["norm.weight"], w["norm.bias"], eps)
     # BatchNorm1d in eval: (g - running_mean) / sqrt(running_var + eps) * weight + bias, over channels
-    # computed in float32 (the statistics are kept in float32 at load); for float32 weights this is the plain op
-    x = g.transpose(1, 2).float()  # [B, D, T]
-    x = F.batch_norm(x, w["norm.running_mean"], w["norm.running_var"], w["norm.weight"].float(),
-                     w["norm.bias"].float(), training=False, eps=eps)
+    # computed in float32 at least (the statistics are kept in float32 at load, bf16 weights are widened); for
+    # float32 (or float64) tensors this is the plain op
+    ct = torch.float64 if g.dtype == torch.float64 else torch.float32
+    x = g.transpose(1, 2).to(ct)  # [B, D, T]
+    x = F.batch_norm(x, w["norm.running_mean"].to(ct), w["norm.running_var"].to(ct), w["norm.weight"].to(ct),
+                     w["norm.bias"].to(ct), training=False, eps=eps)
     return x.transpose(1, 2).to(g.dtype)
 
 
