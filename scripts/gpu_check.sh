@@ -53,6 +53,9 @@ for name, call in [('fill_pages', lambda: c.fill_pages(x.data_ptr(), 7, 2, 32, i
 " >> "$OUT/gpu_tests.log" 2>&1
 status "raw-module errors" $?
 
+# 2c. the same question on a minimal module (an optional diagnostic carried in .gpu_carry/exc, not in the repo)
+[ -f .gpu_carry/exc/run.sh ] && bash .gpu_carry/exc/run.sh >> "$OUT/gpu_tests.log" 2>&1
+
 # 3. the engine end to end on the shipped demo model
 MODEL=${GPU_MODEL:-weights/demo}
 if [ -d "$MODEL" ]; then
