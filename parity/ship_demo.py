@@ -56,7 +56,66 @@ def ship(work: Path, dest: Path, n_examples: int = 4) -> dict:
         sf.write(dest / "examples" / name, np.round(pcm * 32768).astype(np.int16), C.SAMPLE_RATE, subtype="PCM_16")
         expected[name] = {"text": text, "voice": voice, "split": split}
     (dest / "examples" / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    (dest / "MODEL_CARD.md").write_text(model_card(work, cfg, expected))
     return expected
+
+
+def model_card(work: Path, cfg, expected: dict) -> str:
+    """The model card from the recipe's records (train.json, corpus.json, wer.json)."""
+    from .demo_eval import markdown
+
+    tr = json.loads((work / "train.json").read_text())
+    phases = tr.get("previous_phases", []) + [tr]
+    corpus = tr["corpus"]
+    v = tr["variant"]
+    wer_path = work / "wer.json"
+    wer_table = markdown(json.loads(wer_path.read_text())) if wer_path.is_file() else "(not measured)"
+    phase_lines = "\n".join(
+        f"| {i + 1} | {p['steps']} | {p['minutes']} | {p['settings']['lr']:g} | {p['settings']['warmup']} | "
+        f"{p['threads']} |" for i, p in enumerate(phases))
+    sp = corpus["splits"]
+    return f"""# Demo model: a small cache-aware streaming FastConformer hybrid RNN-T + CTC, trained on synthetic speech
+
+**What it is.** The architecture family of NVIDIA's Nemotron Speech Streaming (cache-aware FastConformer encoder
+with dw_striding x8 causal subsampling, 128 mel features without normalisation, chunked_limited attention with left
+context 70 and lookaheads {[(r + 1) * cfg.frame_ms for r in cfg.lookaheads]} ms, causal convolutions, RNN-T decoder),
+at a toy size: {v['n_layers']} layers x {v['d_model']}, {v['n_heads']} heads, subsampling channels
+{v['subsampling_conv_channels']}, one LSTM layer of {v['pred_hidden']}, joint {v['joint_hidden']}, SentencePiece BPE
+vocabulary {cfg.vocab_size}; a CTC head (kept in the checkpoint as `ctc.*`, unused by the engine). Trained from
+scratch with NeMo 3.0 on a CPU by the recipe `scripts/train_demo.sh` (parity/train_demo.py). Stored in the engine's
+format (config.json, model.safetensors, tokenizer.model); `nemotron_parity.nemo_harness.nemo_from_engine` rebuilds
+the NeMo model from it for the parity tests.
+
+**Data.** Synthetic only: espeak-ng sentences from a {corpus['vocabulary_words']}-word grammar (parity/corpus.py,
+seed {corpus['seed']}), lower case, no punctuation. Training: {sp['train']['utterances']} utterances
+({sp['train']['hours']} h) in {sp['train']['voices']} voices ({len(corpus['accents'])} English accents x
+{len(corpus['seen_variants'])} voice variants), speed {corpus['speed_wpm'][0]}-{corpus['speed_wpm'][1]} wpm, pitch
+{corpus['pitch'][0]}-{corpus['pitch'][1]}. Test: {sp['test_seen']['utterances']} sentences never seen in training,
+spoken by seen voices, and the same sentences by {len(corpus['unseen_variants'])} voice variants never used in
+training (unseen voices).
+
+**Training.** Hybrid loss 0.5 RNN-T (vectorised, parity/rnnt_loss.py, checked against NeMo's) + 0.5 CTC, AdamW
+(betas {tr['settings']['betas']}, weight decay {tr['settings']['weight_decay']}), batch {tr['settings']['batch']},
+linear warm-up then cosine decay over the phase's time, gradient clip {tr['settings']['clip']}, SpecAugment
+({tr['settings']['freq_masks']} x {tr['settings']['freq_width']} mel bins, {tr['settings']['time_masks']} x
+{tr['settings']['time_width']:g} of the frames), the four lookaheads sampled per batch by NeMo's encoder. Run on a
+shared 2-core CPU (other jobs ran beside it; the first phase with one thread):
+
+| phase | steps | minutes | peak lr | warm-up | threads |
+|---|---|---|---|---|---|
+{phase_lines}
+
+**Accuracy** (word error rate through the engine's streaming; NeMo's own streaming of the same weights gives the
+same tokens):
+
+{wer_table}
+
+**What it is not.** Not a speech recogniser for real speech: it has heard only espeak-ng and knows only its
+grammar's words; it is undertrained (see the WER). It exists so that the engine's main job prints real words out of
+the box and so that checks which need meaningful tokens (bf16 against fp32, kernels against the reference) have
+them. The example files are held-out sentences chosen among those it transcribes exactly at every lookahead: they
+are a check, not an accuracy claim.
+"""
 
 
 def main(argv=None) -> int:
