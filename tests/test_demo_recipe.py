@@ -7,6 +7,7 @@ import torch
 
 from nemotron_parity import corpus as C
 from nemotron_parity.rnnt_loss import rnnt_loss
+from tolerances import assert_close
 
 
 def _nemo_loss(logits, targets, t_len, u_len, blank):
@@ -30,7 +31,8 @@ def test_rnnt_loss_matches_nemo(b, t, u, v, seed):
     u_len[0] = u
     ours = rnnt_loss(logits.clone().requires_grad_(True), targets, t_len, u_len, blank)
     ref = _nemo_loss(logits, targets, t_len, u_len, blank).to(ours.dtype)
-    torch.testing.assert_close(ours.double(), ref.double(), rtol=1e-5, atol=1e-5)
+    # the project's fp32 bound (rnnt_loss computes in float32): measured max 1.1e-7 relative over these cases
+    assert_close("rnnt loss", ref.double(), ours.detach().double())
 
 
 def test_rnnt_loss_gradient_matches_nemo():
@@ -43,7 +45,8 @@ def test_rnnt_loss_gradient_matches_nemo():
     rnnt_loss(x1, targets, t_len, u_len, v).sum().backward()
     x2 = logits.clone().requires_grad_(True)
     _nemo_loss(x2, targets, t_len, u_len, v).sum().backward()
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-6)
+    # measured 5.2e-7 relative (max-norm) against NeMo's gradient
+    assert_close("rnnt loss gradient", x2.grad, x1.grad)
     assert torch.isfinite(x1.grad).all()
 
 

@@ -239,7 +239,7 @@ def test_attention_compiles_for_sm90_without_spills():
     """The interpreter does not run Triton's compiler: compile the kernel for sm_90 (H100) here, offline, with the
     launcher's configuration at Nemotron's shape (dh = 128, T = 14), and check ptxas spills nothing."""
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this triton build ships no ptxas")
+        pytest.fail("this triton build ships no ptxas (triton 3.6 does)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -211,7 +211,7 @@ def test_conv_module_compiles_for_sm90_without_spills():
     launcher's GPU configuration at Nemotron's shape (d_model 1024, kernel 9, T = 1 and 14, both norms), fp32 and
     bf16, and check ptxas spills nothing."""
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this triton build ships no ptxas")
+        pytest.fail("this triton build ships no ptxas (triton 3.6 does)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
