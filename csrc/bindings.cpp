@@ -15,6 +15,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_available", &nemotron::cuda_available, "True when the CUDA runtime sees at least one device.");
   m.def("device_count", &nemotron::device_count, "Number of CUDA devices; 0 when there is no driver or device.");
   m.def("cuda_archs", &nemotron::cuda_archs, "The CUDA architectures the module was compiled for, e.g. '80;90'.");
+  m.def("_error_path_self_test", &nemotron::error_path_self_test,
+        "Raise the ValueError an argument check raises (no CUDA needed): tests the error path.", py::arg("code"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("fill_pages", &nemotron::fill_pages, "Set every element of the listed pages to value (fill_pages_ref).",
         py::arg("pool"), py::arg("dtype"), py::arg("num_pages"), py::arg("page_elems"), py::arg("page_ids"),
         py::arg("n_ids"), py::arg("value"), py::arg("skipped"), py::arg("stream"),

@@ -2,19 +2,40 @@
 // CUDA failures raise RuntimeError (std::runtime_error); pybind11 does the translation.
 #pragma once
 
-#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
 namespace nemotron {
 
+namespace detail {
+
+inline void append(std::string& out, const char* s) { out += (s != nullptr ? s : "(null)"); }
+inline void append(std::string& out, const std::string& s) { out += s; }
+template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+void append(std::string& out, T v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    out += v ? "true" : "false";
+  } else {
+    out += std::to_string(v);
+  }
+}
+
+}  // namespace detail
+
+// Concatenates strings and numbers into an error message, without iostreams. Why (stop 8, H100 test machine, torch
+// 2.11+cu130 in the process): checks whose message streamed an integer through std::ostringstream crashed the
+// process (SIGSEGV) instead of raising, a check whose message had no number raised ValueError, and a minimal module
+// whose message used std::to_string raised cleanly; here (torch 2.13 CPU) both forms raise. Numbers now go through
+// std::to_string (vsnprintf), which touches no C++ locale facet. _C._error_path_self_test exercises this path on
+// any machine, GPU or not (tests/test_extension.py).
 template <typename... Args>
 std::string str(const Args&... args) {
-  std::ostringstream out;
-  (out << ... << args);
-  return out.str();
+  std::string out;
+  (detail::append(out, args), ...);
+  return out;
 }
 
 // Throws RuntimeError("nemotron_engine._C: no CUDA device available (cudaGetDeviceCount: ...)") unless a device is

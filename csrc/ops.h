@@ -19,6 +19,10 @@ int device_count();
 // The -arch list the module was compiled for, e.g. "80;90".
 std::string cuda_archs();
 
+// Throws the ValueError a failed argument check throws, its message naming `code` and the dtype codes, without
+// touching CUDA: a test of the error path itself (csrc/check.h says why it needs one).
+void error_path_self_test(int64_t code);
+
 // Reference: nemotron_engine._ext.fill_pages_ref.
 void fill_pages(std::uintptr_t pool,       // [num_pages, page_elems]
                 int dtype,                 // DType

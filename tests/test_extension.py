@@ -63,6 +63,24 @@ def test_kernel_without_gpu_raises_runtime_error():
         c.write_rows(0, c.DTYPE_BFLOAT16, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0)
 
 
+@pytest.mark.parametrize("cuda_first", [False, True], ids=["plain", "after-torch-cuda"])
+def test_error_path_raises_value_error_with_numbers(cuda_first):
+    """A failed argument check in C++ reaches Python as a ValueError whose message carries the numbers. Runs on every
+    machine (no CUDA needed); with a GPU, also after torch has initialised CUDA, the setting in which messages built
+    with iostreams crashed the process (csrc/check.h)."""
+    c = _ext.load_extension()
+    if c is None:
+        assert _find_nvcc() is None or _build_skipped_on_purpose(), _ext.extension_error()
+        return
+    if cuda_first and torch.cuda.is_available():
+        torch.zeros(1, device="cuda").add_(1)
+        torch.cuda.synchronize()
+    for code in (7, -5, 2**40):
+        with pytest.raises(ValueError, match=rf"^nemotron_engine\._C: error-path self-test: code {code} "
+                                             rf"\(dtype codes: 0=float32, 1=bfloat16\)$"):
+            c._error_path_self_test(code)
+
+
 def test_wrappers_reject_cpu_tensors():
     pool = torch.zeros(4, 2, 8)  # [P, page_size, E]
     with pytest.raises(ValueError, match="pool must be a CUDA tensor, got device cpu"):
