@@ -217,7 +217,8 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                  max_streams: int | None = None,
-                 memory_budget: int | None = None, keep_encoder_outputs: bool = False, backend: str | None = None):
+                 memory_budget: int | None = None, keep_encoder_outputs: bool = False, backend: str | None = None,
+                 cpu_packed: bool | None = None):
         """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
         streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
         parity checks against NeMo, which compare activations step by step).
@@ -225,13 +226,20 @@ class Engine:
         backend: "torch" (the reference, pure torch; the default on the CPU) or "triton" (the default on CUDA:
         the Triton encoder kernels, and on CUDA the CUDA greedy decoder of the compiled extension). On the CPU the
         Triton path runs under Triton's interpreter, with TRITON_INTERPRET=1 set before the engine is imported.
+
+        cpu_packed: on the CPU in float32 with the torch backend (the default there: None means True), the
+        per-frame linear weights are prepacked once for oneDNN, which runs the few-row products of a streaming step
+        faster than torch's default CPU path (reference/linear.py); False keeps plain F.linear.
         """
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
         self.backend = backend or ("triton" if self.device.type == "cuda" else "torch")
         self._encoder_step, self._decode = _select_backend(self.backend, self.device)
-        self.model = Model.load(model_dir, dtype=dtype, device=self.device)
+        if cpu_packed is None:
+            cpu_packed = self.backend == "torch"
+        self.model = Model.load(model_dir, dtype=dtype, device=self.device,
+                                cpu_packed=bool(cpu_packed) and self.backend == "torch")
         self.cfg: ModelConfig = self.model.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
         if max_streams is not None and memory_budget is not None:

@@ -13,6 +13,11 @@ from safetensors.torch import load_file
 
 from .config import ModelConfig
 from .reference.attention import position_projection
+from .reference.linear import pack_linears, packing_available
+
+# The products that run once per frame (the LSTM and the joint's output run per symbol and stay on F.linear).
+LAYER_LINEARS = ["ff1.w1", "ff1.w2", "att.wq", "att.wk", "att.wv", "att.wo", "ff2.w1", "ff2.w2"]
+CONV_LINEARS = ["pw1.weight", "pw2.weight"]
 
 
 def _strip(w: dict, prefix: str) -> dict:
@@ -22,7 +27,10 @@ def _strip(w: dict, prefix: str) -> dict:
 class Model:
     """A converted model on one device and dtype: config, weights grouped per module, precomputed tables."""
 
-    def __init__(self, cfg: ModelConfig, tensors: dict, dtype: torch.dtype = torch.float32, device="cpu"):
+    def __init__(self, cfg: ModelConfig, tensors: dict, dtype: torch.dtype = torch.float32, device="cpu",
+                 cpu_packed: bool = False):
+        """cpu_packed: prepack the per-frame linear weights for oneDNN (float32 on the CPU only; see
+        reference/linear.py). Their dense copies are then dropped from the weight dicts."""
         self.cfg = cfg
         self.dtype = dtype
         self.device = torch.device(device)
@@ -47,12 +55,27 @@ class Model:
         self.rel_lo = -r_max
         self.pos = [position_projection(lw["att.wpos"], -r_max, cfg.left_context + r_max, cfg.n_heads)
                     for lw in self.layers]
+        self.packed_bytes = 0
+        if cpu_packed and self.device.type == "cpu" and dtype == torch.float32 and packing_available():
+            self._pack()
+
+    def _pack(self) -> None:
+        packed = [(lw, LAYER_LINEARS, f"layers.{i}.") for i, lw in enumerate(self.layers)]
+        packed += [(lw["conv"], CONV_LINEARS, f"layers.{i}.conv.") for i, lw in enumerate(self.layers)]
+        packed += [(self.sub, ["out.weight"], "subsample."), (self.joint, ["enc.weight"], "joint.")]
+        for d, names, prefix in packed:
+            self.packed_bytes += pack_linears(d, names)
+            for n in names:  # drop every other reference to the dense copy, so its memory is freed
+                self.w.pop(prefix + n, None)
+                if prefix.endswith(".conv."):
+                    self.layers[int(prefix.split(".")[1])].pop("conv." + n, None)
 
     @classmethod
-    def load(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> "Model":
+    def load(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device="cpu",
+             cpu_packed: bool = False) -> "Model":
         model_dir = Path(model_dir)
         cfg = ModelConfig.load(model_dir)
         path = model_dir / "model.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: re-run `nemotron-engine convert`")
-        return cls(cfg, load_file(str(path)), dtype=dtype, device=device)
+        return cls(cfg, load_file(str(path)), dtype=dtype, device=device, cpu_packed=cpu_packed)

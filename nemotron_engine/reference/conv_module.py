@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .linear import linear
+
 
 def conv_norm(g: torch.Tensor, w: dict, norm_type: str, eps: float) -> torch.Tensor:
     """The conv module's norm over channels: g [B, T, D] -> [B, T, D]."""
@@ -34,7 +36,7 @@ def conv_module(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out [B, T, D], new cache [B, D, K-1])."""
-    a = F.linear(z, w["pw1.weight"], w.get("pw1.bias"))  # [B, T, 2D]
+    a = linear(z, w, "pw1.weight", "pw1.bias")  # [B, T, 2D]
     g = F.glu(a, dim=-1).masked_fill(pad.unsqueeze(-1), 0.0)  # [B, T, D]
     g = torch.cat([cache, g.transpose(1, 2)], dim=2)  # [B, D, K-1 + T]
     k = w["dw.weight"].shape[-1]
@@ -43,4 +45,4 @@ def conv_module(
     y = F.conv1d(g, w["dw.weight"].unsqueeze(1), w.get("dw.bias"), groups=d)  # [B, D, T]
     y = conv_norm(y.transpose(1, 2), w, norm_type, eps)  # [B, T, D]
     y = F.silu(y)
-    return F.linear(y, w["pw2.weight"], w.get("pw2.bias")), new_cache
+    return linear(y, w, "pw2.weight", "pw2.bias"), new_cache

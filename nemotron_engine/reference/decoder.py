@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .linear import linear
+
 
 @dataclass
 class DecoderState:
@@ -80,7 +82,7 @@ def greedy_decode(
     """
     cfg = model.cfg
     b, t, _ = enc.shape
-    f = F.linear(enc, model.joint["enc.weight"], model.joint["enc.bias"])  # [B, T, J]
+    f = linear(enc, model.joint, "enc.weight", "enc.bias")  # [B, T, J]
     h, c, label, pred = state.h.clone(), state.c.clone(), state.label.clone(), state.pred.clone()
     tokens: list[list[int]] = [[] for _ in range(b)]
     stamps: list[list[int]] = [[] for _ in range(b)]

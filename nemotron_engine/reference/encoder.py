@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..config import DROP_EXTRA_PRE_ENCODED
 from .attention import position_projection, rel_attention
 from .conv_module import conv_module
+from .linear import linear
 from .subsample import subsample
 
 
@@ -50,8 +51,8 @@ def layer_norm(x: torch.Tensor, w: dict, name: str, eps: float) -> torch.Tensor:
 
 def feed_forward(z: torch.Tensor, w: dict, name: str) -> torch.Tensor:
     """Linear -> SiLU -> Linear: [B, T, D] -> [B, T, D]."""
-    h = F.silu(F.linear(z, w[f"{name}.w1"], w.get(f"{name}.b1")))
-    return F.linear(h, w[f"{name}.w2"], w.get(f"{name}.b2"))
+    h = F.silu(linear(z, w, f"{name}.w1", f"{name}.b1"))
+    return linear(h, w, f"{name}.w2", f"{name}.b2")
 
 
 def attention_mask(t: int, cached: int, filled: torch.Tensor, valid: torch.Tensor, left: int, r: int) -> torch.Tensor:
@@ -93,13 +94,13 @@ def layer_step(
     """
     res = x + 0.5 * feed_forward(layer_norm(x, w, "ff1_norm", ln_eps), w, "ff1")
     z = layer_norm(res, w, "att_norm", ln_eps)
-    q = F.linear(z, w["att.wq"], w.get("att.bq"))
-    k_new = F.linear(z, w["att.wk"], w.get("att.bk"))  # [B, T, D]
-    v_new = F.linear(z, w["att.wv"], w.get("att.bv"))
+    q = linear(z, w, "att.wq", "att.bq")
+    k_new = linear(z, w, "att.wk", "att.bk")  # [B, T, D]
+    v_new = linear(z, w, "att.wv", "att.bv")
     k = torch.cat([k_cache, k_new], dim=1)  # [B, C + T, D]
     v = torch.cat([v_cache, v_new], dim=1)
     a = rel_attention(q, k, v, pos, rel_lo, w["att.pos_bias_u"], w["att.pos_bias_v"], masked)
-    res = res + F.linear(a, w["att.wo"], w.get("att.bo"))
+    res = res + linear(a, w, "att.wo", "att.bo")
     c, conv_cache = conv_module(layer_norm(res, w, "conv_norm", ln_eps), conv_cache, pad, w["conv"], norm_type,
                                 bn_eps)
     res = res + c

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .linear import linear
+
 
 def _time_mask(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     # x: [B, C, T, F], lengths: [B] -> x with frames t >= length zeroed
@@ -56,4 +58,4 @@ def subsample(
     x = _time_mask(x, n)
     b, c, t, f = x.shape
     x = x.transpose(1, 2).reshape(b, t, c * f)  # [B, T3, C * F3], flatten index c * F3 + f
-    return F.linear(x, w["out.weight"], w["out.bias"]), n
+    return linear(x, w, "out.weight", "out.bias"), n
