@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import cast_rne
+
 from nemotron_engine.reference.attention import MASK_VALUE
 
 
@@ -33,17 +35,6 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)
-
-
-@triton.jit
-def _cast(x, dtype: tl.constexpr, RNE_BY_HAND: tl.constexpr):
-    """fp32 x -> dtype, rounded to nearest even. RNE_BY_HAND: round the bf16 bits here first (the interpreter's
-    fp32 -> bf16 cast truncates in triton 3.6; on the GPU the cast itself rounds to nearest even)."""
-    if RNE_BY_HAND and dtype == tl.bfloat16:
-        b = x.to(tl.uint32, bitcast=True)
-        b = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
-        x = b.to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit
@@ -98,14 +89,14 @@ def _paged_attention_fwd_kernel(
         b_qc = tl.load(q + i_b * s_qb + o_t[:, None] * s_qt + (i_h * DH + o_dc)[None, :],
                        mask=m_t[:, None] & m_dc[None, :], other=0.0)
         b_vc = tl.load(bias_v + i_h * s_vh + o_dc, mask=m_dc, other=0.0)
-        b_qv = _cast(b_qc.to(tl.float32) + b_vc.to(tl.float32)[None, :], b_qc.dtype, RNE_BY_HAND)
+        b_qv = cast_rne(b_qc.to(tl.float32) + b_vc.to(tl.float32)[None, :], b_qc.dtype, RNE_BY_HAND)
         b_pos = tl.load(pos + i_h * s_ph + o_pr[:, None] * s_pr + o_dc[None, :], mask=m_pr[:, None] & m_dc[None, :],
                         other=0.0)  # [BLOCK_R, BLOCK_DC]
         b_m += _dot(b_qv, tl.trans(b_pos), DOT_FP32)
 
     b_q = tl.load(q + i_b * s_qb + o_t[:, None] * s_qt + o_hd[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
     b_u = tl.load(bias_u + i_h * s_uh + o_d, mask=m_d, other=0.0)
-    b_qu = _cast(b_q.to(tl.float32) + b_u.to(tl.float32)[None, :], b_q.dtype, RNE_BY_HAND)  # [BLOCK_T, BLOCK_D]
+    b_qu = cast_rne(b_q.to(tl.float32) + b_u.to(tl.float32)[None, :], b_q.dtype, RNE_BY_HAND)  # [BLOCK_T, BLOCK_D]
 
     # online softmax over key blocks; starting the running max at MASK keeps it finite (every row has in-range
     # columns, scored MASK when masked) and leaves NeMo's result unchanged
@@ -139,7 +130,7 @@ def _paged_attention_fwd_kernel(
                               sm_scale, C, T, BLOCK_R, MASK, DOT_FP32, RNE_BY_HAND)
 
     b_o = tl.where((b_l > 0)[:, None], b_acc / b_l[:, None], 0.0)
-    tl.store(out + i_b * s_ob + o_t[:, None] * s_ot + o_hd[None, :], _cast(b_o, out.dtype.element_ty, RNE_BY_HAND),
+    tl.store(out + i_b * s_ob + o_t[:, None] * s_ot + o_hd[None, :], cast_rne(b_o, out.dtype.element_ty, RNE_BY_HAND),
              mask=m_t[:, None] & m_d[None, :])
 
     # the chunk's keys and values into the pages at frames f0 .. f0 + T - 1 (this head's columns); the ring holds
@@ -178,7 +169,7 @@ def _block(b_qu, b_k, b_vv, b_m, o_t, o_p, m_in, m_key, c_q, m_q, r1, b_mx, b_l,
     b_p = tl.exp(b_s - b_mx_new[:, None])
     b_l = b_l * b_alpha + tl.sum(b_p, 1)
     b_p = tl.where(m_vis, b_p, 0.0)
-    b_acc = b_acc * b_alpha[:, None] + _dot(_cast(b_p, b_vv.dtype, RNE_BY_HAND), b_vv, DOT_FP32)
+    b_acc = b_acc * b_alpha[:, None] + _dot(cast_rne(b_p, b_vv.dtype, RNE_BY_HAND), b_vv, DOT_FP32)
     return b_mx_new, b_l, b_acc
 
 

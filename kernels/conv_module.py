@@ -37,15 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
-    # fp32 -> DTYPE, rounding to nearest even; ROUND_BF16 (interpreter only) rounds by hand first, because the
-    # interpreter's own fp32 -> bf16 cast truncates (same helper as in subsample.py)
-    if ROUND_BF16:
-        u = x.to(tl.uint32, bitcast=True)
-        x = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
+from ._common import cast_rne
 
 
 @triton.jit
@@ -81,7 +73,7 @@ def _conv_glu_fwd_kernel(
     b_x = tl.where(m_c, b_c, b_v * tl.sigmoid(b_gate))  # padded frames: 0 * sigmoid(0) = 0
 
     p_s = seq + (i_b * (KM1 + T) + o_r)[:, None] * D + o_d[None, :]
-    tl.store(p_s, _to_dtype(b_x, seq.dtype.element_ty, ROUND_BF16), mask=(o_r < KM1 + T)[:, None] & m_d[None, :])
+    tl.store(p_s, cast_rne(b_x, seq.dtype.element_ty, ROUND_BF16), mask=(o_r < KM1 + T)[:, None] & m_d[None, :])
 
 
 @triton.jit
@@ -136,7 +128,7 @@ def _conv_dw_norm_fwd_kernel(
         b_y = (b_acc - b_mu[None, :]) * (b_rstd * b_nw)[None, :] + b_nb[None, :]
     b_y = b_y * tl.sigmoid(b_y)
     p_y = y + (i_b * T + o_t)[:, None] * D + o_d[None, :]
-    tl.store(p_y, _to_dtype(b_y, y.dtype.element_ty, ROUND_BF16), mask=m)
+    tl.store(p_y, cast_rne(b_y, y.dtype.element_ty, ROUND_BF16), mask=m)
 
     # the new cache: the last K-1 rows of seq, written by the stream's first program, BLOCK_DC channels at a time
     if i_t == 0:

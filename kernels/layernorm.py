@@ -14,16 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _cast(x, dtype: tl.constexpr, RNE_BY_HAND: tl.constexpr):
-    """fp32 x -> dtype, rounded to nearest even. RNE_BY_HAND: round the bf16 bits here first (the interpreter's
-    fp32 -> bf16 cast truncates in triton 3.6; on the GPU the cast itself rounds). As in kernels/attention.py."""
-    if RNE_BY_HAND and dtype == tl.bfloat16:
-        u = x.to(tl.uint32, bitcast=True)
-        u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-        x = u.to(tl.float32, bitcast=True)
-    return x.to(dtype)
+from ._common import cast_rne
 
 
 @triton.jit
@@ -47,7 +38,7 @@ def _add_layer_norm_fwd_kernel(
     b_x = tl.load(x + i_n * s_x + o_d, mask=m_d, other=0.0)
     if HAS_RESIDUAL:
         b_y = tl.load(y + i_n * s_y + o_d, mask=m_d, other=0.0)
-        b_r = _cast(b_x.to(tl.float32) + alpha * b_y.to(tl.float32), b_x.dtype, RNE_BY_HAND)  # as stored
+        b_r = cast_rne(b_x.to(tl.float32) + alpha * b_y.to(tl.float32), b_x.dtype, RNE_BY_HAND)  # as stored
         tl.store(res + i_n * s_r + o_d, b_r, mask=m_d)
         b_x = b_r
     b_x = b_x.to(tl.float32)
@@ -59,7 +50,7 @@ def _add_layer_norm_fwd_kernel(
         b_o = b_o * tl.load(w + o_d, mask=m_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         b_o = b_o + tl.load(b + o_d, mask=m_d, other=0.0).to(tl.float32)
-    tl.store(out + i_n * s_o + o_d, _cast(b_o, out.dtype.element_ty, RNE_BY_HAND), mask=m_d)
+    tl.store(out + i_n * s_o + o_d, cast_rne(b_o, out.dtype.element_ty, RNE_BY_HAND), mask=m_d)
 
 
 def _rows(t: torch.Tensor, name: str) -> torch.Tensor:

@@ -33,7 +33,7 @@ Precision: accumulation is fp32; fp32 products use `input_precision="ieee"` (Tri
 1e-5). For bf16 the products take bf16 operands (tensor cores), rounding the on-chip dw outputs to bf16 as the
 reference does; y1 and y2 are stored in the input dtype. Under the interpreter (CPU tensors) the bf16 operands
 are rounded to bf16 and multiplied in fp32, because the interpreter's dot does not support bf16, and roundings
-to bf16 are done by hand (`_to_dtype`), because the interpreter's cast truncates.
+to bf16 are done by hand (`_common.cast_rne`), because the interpreter's cast truncates.
 
 Loops over channels have constexpr bounds (C): under the interpreter with numpy >= 2 a loop bound that is a kernel
 argument fails (`int()` of a 1-element array).
@@ -45,15 +45,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _to_dtype(x, DTYPE: tl.constexpr, ROUND_BF16: tl.constexpr):
-    # fp32 -> DTYPE, rounding to nearest even; ROUND_BF16 (interpreter only) rounds by hand first, because the
-    # interpreter's own fp32 -> bf16 cast truncates
-    if ROUND_BF16:
-        u = x.to(tl.uint32, bitcast=True)
-        x = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-    return x.to(DTYPE)
+from ._common import cast_rne
 
 
 @triton.jit
@@ -71,7 +63,7 @@ def _subsample_stage1_fwd_kernel(
     C: tl.constexpr,  # channels (constexpr: loop bounds must be Python ints under the interpreter with numpy 2)
     HAS_BIAS: tl.constexpr,
     MM_DTYPE: tl.constexpr,  # dtype of the product operands: the input dtype, or fp32 under the interpreter
-    ROUND_BF16: tl.constexpr,  # bf16 under the interpreter: round by hand (see _to_dtype)
+    ROUND_BF16: tl.constexpr,  # bf16 under the interpreter: round by hand (see _common.cast_rne)
     CONV0_DOT: tl.constexpr,  # conv0 as a product (tensor cores) or as 9 outer products (FMA)
     BLOCK_P: tl.constexpr,
     BLOCK_CI: tl.constexpr,
@@ -138,13 +130,13 @@ def _subsample_stage1_fwd_kernel(
             b_w1 = tl.load(w1 + o_ci * 9 + k1, mask=m_ci, other=0.).to(tl.float32)
             b_dw += b_y0 * b_w1[None, :]
         b_wp = tl.load(wp + o_co[None, :] * C + o_ci[:, None], mask=m_ci[:, None] & m_co[None, :], other=0.)
-        b_dw = _to_dtype(b_dw, X_DTYPE, ROUND_BF16).to(MM_DTYPE)
+        b_dw = cast_rne(b_dw, X_DTYPE, ROUND_BF16).to(MM_DTYPE)
         b_acc = tl.dot(b_dw, b_wp.to(MM_DTYPE), b_acc, input_precision="ieee")
     if HAS_BIAS:
         b_acc += tl.load(bp + o_co, mask=m_co, other=0.).to(tl.float32)[None, :]
     b_acc = tl.where((t2 < n2)[:, None], tl.maximum(b_acc, 0.), 0.)
     p_y = y1 + o_p[:, None] * C + o_co[None, :]
-    tl.store(p_y, _to_dtype(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
+    tl.store(p_y, cast_rne(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
 
 
 @triton.jit
@@ -196,13 +188,13 @@ def _subsample_stage2_fwd_kernel(
             b_w = tl.load(w2 + o_ci * 9 + k, mask=m_ci, other=0.).to(tl.float32)
             b_dw += b_x * b_w[None, :]
         b_wp = tl.load(wp + o_co[None, :] * C + o_ci[:, None], mask=m_ci[:, None] & m_co[None, :], other=0.)
-        b_dw = _to_dtype(b_dw, X_DTYPE, ROUND_BF16).to(MM_DTYPE)
+        b_dw = cast_rne(b_dw, X_DTYPE, ROUND_BF16).to(MM_DTYPE)
         b_acc = tl.dot(b_dw, b_wp.to(MM_DTYPE), b_acc, input_precision="ieee")
     if HAS_BIAS:
         b_acc += tl.load(bp + o_co, mask=m_co, other=0.).to(tl.float32)[None, :]
     b_acc = tl.where((t3 < n3)[:, None], tl.maximum(b_acc, 0.), 0.)
     p_y = y2 + t3[:, None] * (C * F3) + o_co[None, :] * F3 + f3[:, None]
-    tl.store(p_y, _to_dtype(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
+    tl.store(p_y, cast_rne(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
 
 
 # Per dtype and stage: (BLOCK_P output positions, BLOCK_CI input channels per step, num_warps), and how conv0 is

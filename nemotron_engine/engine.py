@@ -327,13 +327,14 @@ class Engine:
         toks, stamps = self._decode(self.model, out, out_len, cache, slots, offsets)
         updates = []
         n_new = mel.shape[1] - (0 if first else PRE_ENCODE_CACHE)
+        lens = out_len.tolist()  # one device-to-host read per group, after the decoder has returned the tokens
         for i, s in enumerate(streams):
-            s.frames += int(out_len[i])
+            s.frames += lens[i]
             s.tokens += toks[i]
             s.stamps += stamps[i]
             s._consumed(n_new)
             if self.keep_encoder_outputs:
-                s.encoder_outputs.append(out[i, : int(out_len[i])].float().cpu())  # [T, D]
+                s.encoder_outputs.append(out[i, : lens[i]].float().cpu())  # [T, D]
             s.final_reported = s.done
             updates.append(Update(s, toks[i], [f * self.cfg.frame_ms for f in stamps[i]],
                                   self.tokenizer.decode(s.tokens), s.done))
