@@ -111,9 +111,9 @@ same tokens):
 {wer_table}
 
 **What it is not.** Not a speech recogniser for real speech: it has heard only espeak-ng and knows only its
-grammar's words; it is undertrained (see the WER). It exists so that the engine's main job prints real words out of
-the box and so that checks which need meaningful tokens (bf16 against fp32, kernels against the reference) have
-them. The example files are held-out sentences chosen among those it transcribes exactly at every lookahead: they
+grammar's words: its WER is measured on new sentences of the same grammar (new word sequences; known and unseen
+voices), not on open speech. It exists so that the engine's main job prints real words out of the box and so that
+checks which need meaningful tokens (bf16 against fp32, kernels against the reference) have them. The example files are held-out sentences chosen among those it transcribes exactly at every lookahead: they
 are a check, not an accuracy claim.
 """
 
