@@ -4,11 +4,11 @@
 `"att.wq" + PACKED`: a copy of the weight that `pack_linears` reordered once, at load, into oneDNN's blocked layout.
 The engine does that on the CPU in float32 (`Engine(..., cpu_packed=True)`, the default there) because torch's CPU
 `F.linear` goes to MKL's sgemm, which is slow on the few rows of a streaming step (M = streams x chunk frames; our
-reading, not verified: it packs the whole weight matrix on every call). Measured on the 2-core AMD EPYC CI machine,
-4096 x 1024 fp32, one thread, M = 2 / 14 / 224: 6.2 / 12.7 / 49.9 ms with F.linear against 4.3 / 7.5 / 40.0 ms
-prepacked (the README's Benchmarks section has the end-to-end effect). The prepacked product is also row-invariant
-(a row's result does not depend on the other rows in the call, checked bitwise in tests/test_linear.py), which MKL's
-is not; its results differ from F.linear's by fp32 rounding (about 1e-6 relative).
+reading, not verified: it packs the whole weight matrix on every call). End to end on the full-size model this is
+1.4-2.3x at 2 to 8 streams on the 2-core AMD EPYC CI machine (README, Benchmarks: `nemotron-engine bench --no-nemo`
+with and without `--no-cpu-packed`). The prepacked product is also row-invariant (a row's result does not depend on
+the other rows in the call, checked bitwise in tests/test_linear.py), which MKL's is not; its results differ from
+F.linear's by fp32 rounding (about 1e-6 relative).
 """
 from __future__ import annotations
 
