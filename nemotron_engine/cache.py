@@ -68,6 +68,7 @@ class StreamCache:
         self.label = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S]
         self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] encoder frames so far
         self.table = torch.zeros(max_streams, self.pages_per_stream, dtype=torch.int64, device=device)
+        self._window = self.k.new_empty(2, 0, D)  # gather_window's workspace
         self._free_slots = list(range(max_streams - 1, -1, -1))
         self._free_pages = list(range(n_pages - 1, -1, -1))
 
@@ -108,11 +109,26 @@ class StreamCache:
         page = torch.gather(self.table[slots], 1, (f // self.page_size) % self.pages_per_stream)
         return page, f % self.page_size
 
-    def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor):
-        """Keys and values of frames start .. start + C - 1 -> ([B, C, D], [B, C, D]) (the attention window)."""
-        frames = start.unsqueeze(1) + torch.arange(self.cfg.left_context, device=start.device)  # [B, C]
+    def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor, n: int | None = None):
+        """Keys and values of frames start .. start + n - 1 -> ([B, n, D], [B, n, D]); n defaults to C (the
+        attention window before a chunk; with n = C + T, the window and the chunk written just before).
+
+        The rows land in a workspace the pool keeps (grown on demand, reused by every layer and step): valid until
+        the next gather_window call. A fresh buffer per layer costs more than the gather on the CPU (tens of MB
+        of new pages to fault in at 64 streams).
+        """
+        n = self.cfg.left_context if n is None else n
+        frames = start.unsqueeze(1) + torch.arange(n, device=start.device)  # [B, n]
         page, row = self.locate(slots, frames)
-        return self.k[layer, page, row], self.v[layer, page, row]
+        idx = (page * self.page_size + row).flatten()  # [B * n] rows of the flattened layer
+        d = self.k.shape[-1]
+        if self._window.shape[1] < idx.numel():
+            self._window = self.k.new_empty(2, idx.numel(), d)
+        k, v = self._window[0, : idx.numel()], self._window[1, : idx.numel()]
+        torch.index_select(self.k[layer].view(-1, d), 0, idx, out=k)
+        torch.index_select(self.v[layer].view(-1, d), 0, idx, out=v)
+        b = slots.shape[0]
+        return k.view(b, n, d), v.view(b, n, d)
 
     def write_rows(self, layer: int, slots: torch.Tensor, start: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write a chunk's keys and values k, v [B, T, D] at frames start .. start + T - 1."""

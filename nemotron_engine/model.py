@@ -15,9 +15,14 @@ from .config import ModelConfig
 from .reference.attention import position_projection
 from .reference.linear import pack_linears, packing_available
 
-# The products that run once per frame (the LSTM and the joint's output run per symbol and stay on F.linear).
+# The products prepacked for oneDNN on the CPU: every per-frame product, and the decoder's per-symbol ones.
 LAYER_LINEARS = ["ff1.w1", "ff1.w2", "att.wq", "att.wk", "att.wv", "att.wo", "ff2.w1", "ff2.w2"]
 CONV_LINEARS = ["pw1.weight", "pw2.weight"]
+JOINT_LINEARS = ["enc.weight", "pred.weight", "out.weight"]
+
+
+def decoder_linears(cfg: ModelConfig) -> list[str]:
+    return [f"lstm.{i}.{name}" for i in range(cfg.pred_rnn_layers) for name in ("w_ih", "w_hh")]
 
 
 def _strip(w: dict, prefix: str) -> dict:
@@ -60,15 +65,19 @@ class Model:
             self._pack()
 
     def _pack(self) -> None:
-        packed = [(lw, LAYER_LINEARS, f"layers.{i}.") for i, lw in enumerate(self.layers)]
-        packed += [(lw["conv"], CONV_LINEARS, f"layers.{i}.conv.") for i, lw in enumerate(self.layers)]
-        packed += [(self.sub, ["out.weight"], "subsample."), (self.joint, ["enc.weight"], "joint.")]
-        for d, names, prefix in packed:
+        # (the dict the products read, the weights packed there, the other dicts holding the same tensors under a
+        # prefix): the dense copies are dropped from all of them, so their memory is freed
+        groups = [(self.sub, ["out.weight"], [(self.w, "subsample.")]),
+                  (self.joint, JOINT_LINEARS, [(self.w, "joint.")]),
+                  (self.dec, decoder_linears(self.cfg), [(self.w, "decoder.")])]
+        for i, lw in enumerate(self.layers):
+            groups.append((lw, LAYER_LINEARS, [(self.w, f"layers.{i}.")]))
+            groups.append((lw["conv"], CONV_LINEARS, [(self.w, f"layers.{i}.conv."), (lw, "conv.")]))
+        for d, names, aliases in groups:
             self.packed_bytes += pack_linears(d, names)
-            for n in names:  # drop every other reference to the dense copy, so its memory is freed
-                self.w.pop(prefix + n, None)
-                if prefix.endswith(".conv."):
-                    self.layers[int(prefix.split(".")[1])].pop("conv." + n, None)
+            for alias, prefix in aliases:
+                for n in names:
+                    alias.pop(prefix + n, None)
 
     @classmethod
     def load(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device="cpu",

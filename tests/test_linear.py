@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import models
 from nemotron_engine import Engine
-from nemotron_engine.model import Model
+from nemotron_engine.model import CONV_LINEARS, JOINT_LINEARS, LAYER_LINEARS, Model, decoder_linears
 from nemotron_engine.reference.linear import PACKED, linear, pack_linears, packing_available
 from tolerances import assert_close
 
@@ -57,6 +57,14 @@ def test_model_packs_on_cpu_fp32_only():
     lw = packed.layers[0]
     assert "att.wq" not in lw and "att.wq" + PACKED in lw and "pw1.weight" + PACKED in lw["conv"]
     assert "conv.pw1.weight" not in lw and not any(k.endswith(".att.wq") for k in packed.w)
+    # the decoder's per-symbol products too, and no dense copy of any packed weight is left under any name
+    assert "lstm.0.w_ih" + PACKED in packed.dec and "out.weight" + PACKED in packed.joint
+    products = {f"layers.{i}.{n}" for i in range(dense.cfg.n_layers) for n in LAYER_LINEARS}
+    products |= {f"layers.{i}.conv.{n}" for i in range(dense.cfg.n_layers) for n in CONV_LINEARS}
+    products |= {"subsample.out.weight"} | {f"joint.{n}" for n in JOINT_LINEARS}
+    products |= {f"decoder.{n}" for n in decoder_linears(dense.cfg)}
+    assert products <= set(dense.w) and not products & set(packed.w), sorted(products & set(packed.w))
+    assert packed.packed_bytes == sum(dense.w[k].numel() * 4 for k in products)
     assert Model.load(out, dtype=torch.bfloat16, cpu_packed=True).packed_bytes == 0
 
 

@@ -56,26 +56,33 @@ def rel_attention(
     pos_bias_v: torch.Tensor,  # [H, dh]
     masked: torch.Tensor,  # [B, T, N] True where the key is not visible to the query
 ) -> torch.Tensor:
-    """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D]."""
+    """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D].
+
+    Computed head-major, [H, B, T, N], one batched product per head read straight from the keys' and values'
+    interleaved rows ([B, N, H, dh] as stored): the keys and values are never transposed or copied, which would
+    cost more than the products themselves at a few query rows per stream.
+    """
     b, t, d = q.shape
     n = k.shape[1]
     h, _, dh = pos.shape
     q = q.view(b, t, h, dh)
-    k = k.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh]
-    v = v.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh]
-    qu = (q + pos_bias_u).transpose(1, 2)  # [B, H, T, dh]
-    qv = (q + pos_bias_v).transpose(1, 2)  # [B, H, T, dh]
-    ac = torch.matmul(qu, k.transpose(-2, -1))  # [B, H, T, N]
+    k = k.view(b, n, h, dh)
+    v = v.view(b, n, h, dh)
+    qu = q + pos_bias_u  # [B, T, H, dh]
+    qv = (q + pos_bias_v).permute(2, 0, 1, 3).reshape(h, b * t, dh)  # [H, B * T, dh]
+    ac = q.new_empty(h, b, t, n)
+    for i in range(h):
+        torch.bmm(qu[:, :, i], k[:, :, i].transpose(1, 2), out=ac[i])  # [B, T, N]
+    # relative position of query i (absolute n - t + i) to key j: rel = n - t + i - j, from 1 - t to n - 1
+    lo, hi = 1 - t, n - 1
+    table = pos[:, lo - rel_lo : hi - rel_lo + 1]  # [H, n + t - 1, dh]
+    bd_rows = torch.bmm(qv, table.transpose(1, 2)).view(h, b, t, -1)  # [H, B, T, n + t - 1]
     i = torch.arange(t, device=q.device).unsqueeze(1)
     j = torch.arange(n, device=q.device).unsqueeze(0)
-    rel = (n - t + i) - j  # [T, N], query position minus key position
-    lo, hi = int(rel.min()), int(rel.max())
-    table = pos[:, lo - rel_lo : hi - rel_lo + 1]  # [H, hi - lo + 1, dh]
-    bd_rows = torch.matmul(qv, table.transpose(-2, -1))  # [B, H, T, hi - lo + 1]
-    idx = (rel - lo).expand(b, h, t, n)
-    bd = torch.gather(bd_rows, -1, idx)  # [B, H, T, N]
+    bd = torch.gather(bd_rows, -1, ((n - t + i) - j - lo).expand(h, b, t, n))  # [H, B, T, N]
     scores = (ac + bd) / math.sqrt(dh)
-    mask = masked.unsqueeze(1)  # [B, 1, T, N]
-    attn = torch.softmax(scores.masked_fill(mask, MASK_VALUE), dim=-1).masked_fill(mask, 0.0)
-    out = torch.matmul(attn, v)  # [B, H, T, dh]
-    return out.transpose(1, 2).reshape(b, t, d)
+    attn = torch.softmax(scores.masked_fill(masked, MASK_VALUE), dim=-1).masked_fill(masked, 0.0)
+    out = q.new_empty(h, b, t, dh)
+    for i in range(h):
+        torch.bmm(attn[i], v[:, :, i], out=out[i])  # [B, T, dh]
+    return out.permute(1, 2, 0, 3).reshape(b, t, d)

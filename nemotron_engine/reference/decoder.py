@@ -35,8 +35,8 @@ def lstm_step(
     """One step of the stacked LSTM (PyTorch gate order i, f, g, o) -> (h', c')."""
     hs, cs = [], []
     for layer in range(h.shape[0]):
-        gates = (F.linear(x, w[f"lstm.{layer}.w_ih"], w[f"lstm.{layer}.b_ih"])
-                 + F.linear(h[layer], w[f"lstm.{layer}.w_hh"], w[f"lstm.{layer}.b_hh"]))
+        gates = (linear(x, w, f"lstm.{layer}.w_ih", f"lstm.{layer}.b_ih")
+                 + linear(h[layer], w, f"lstm.{layer}.w_hh", f"lstm.{layer}.b_hh"))
         i, f, g, o = gates.chunk(4, dim=-1)
         c1 = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
         h1 = torch.sigmoid(o) * torch.tanh(c1)
@@ -49,7 +49,7 @@ def lstm_step(
 def predict(labels: torch.Tensor, h: torch.Tensor, c: torch.Tensor, dec: dict, joint: dict):
     """Embed labels [B], one LSTM step, project for the joint -> (pred [B, J], h', c')."""
     h, c = lstm_step(F.embedding(labels, dec["embed"]), h, c, dec)
-    return F.linear(h[-1], joint["pred.weight"], joint["pred.bias"]), h, c
+    return linear(h[-1], joint, "pred.weight", "pred.bias"), h, c
 
 
 def initial_state(model, batch: int) -> DecoderState:
@@ -63,7 +63,7 @@ def initial_state(model, batch: int) -> DecoderState:
 
 def joint_logits(f: torch.Tensor, pred: torch.Tensor, joint: dict) -> torch.Tensor:
     """joint_net(relu(enc_proj + pred_proj)): f [B, J], pred [B, J] -> logits [B, V + 1]."""
-    return F.linear(torch.relu(f + pred), joint["out.weight"], joint["out.bias"])
+    return linear(torch.relu(f + pred), joint, "out.weight", "out.bias")
 
 
 def greedy_decode(

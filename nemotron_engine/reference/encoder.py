@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,7 @@ def layer_step(
     rel_lo: int,
     masked: torch.Tensor,  # [B, T, C + T]
     pad: torch.Tensor,  # [B, T] True for padded frames
-    k_cache: torch.Tensor,  # [B, C, D]
-    v_cache: torch.Tensor,  # [B, C, D]
+    kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     conv_cache: torch.Tensor,  # [B, D, K-1]
     norm_type: str,
     ln_eps: float,
@@ -89,16 +89,16 @@ def layer_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Conformer layer over a chunk -> (y [B, T, D], k_chunk [B, T, D], v_chunk [B, T, D], conv_cache').
 
-    k_cache / v_cache are the projected keys and values of the C frames before the chunk; the chunk's own
-    projected keys and values are returned for the caller to store (dense window or paged pool).
+    kv(k_chunk, v_chunk) -> (k, v) [B, C + T, D] takes the chunk's projected keys and values, stores them if the
+    caller keeps a cache, and returns what the chunk attends to: the projected keys and values of the C frames
+    before the chunk, then the chunk's own (see dense_window, and encoder_step_paged, which reads them from the pool).
     """
     res = x + 0.5 * feed_forward(layer_norm(x, w, "ff1_norm", ln_eps), w, "ff1")
     z = layer_norm(res, w, "att_norm", ln_eps)
     q = linear(z, w, "att.wq", "att.bq")
     k_new = linear(z, w, "att.wk", "att.bk")  # [B, T, D]
     v_new = linear(z, w, "att.wv", "att.bv")
-    k = torch.cat([k_cache, k_new], dim=1)  # [B, C + T, D]
-    v = torch.cat([v_cache, v_new], dim=1)
+    k, v = kv(k_new, v_new)  # [B, C + T, D]
     a = rel_attention(q, k, v, pos, rel_lo, w["att.pos_bias_u"], w["att.pos_bias_v"], masked)
     res = res + linear(a, w, "att.wo", "att.bo")
     c, conv_cache = conv_module(layer_norm(res, w, "conv_norm", ln_eps), conv_cache, pad, w["conv"], norm_type,
@@ -106,6 +106,11 @@ def layer_step(
     res = res + c
     res = res + 0.5 * feed_forward(layer_norm(res, w, "ff2_norm", ln_eps), w, "ff2")
     return layer_norm(res, w, "out_norm", ln_eps), k_new, v_new, conv_cache
+
+
+def dense_window(k_cache: torch.Tensor, v_cache: torch.Tensor):
+    """layer_step's kv for dense caches k_cache, v_cache [B, C, D]: the window is [cache | chunk]."""
+    return lambda k, v: (torch.cat([k_cache, k], dim=1), torch.cat([v_cache, v], dim=1))
 
 
 def _frontend(model, mel: torch.Tensor, mel_len: torch.Tensor, drop: int):
@@ -136,8 +141,8 @@ def encoder_step(
     masked = attention_mask(t, cached, state.filled, valid, cfg.left_context, r)
     ks, vs, convs = [], [], []
     for i, w in enumerate(model.layers):
-        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, state.k[i], state.v[i],
-                                 state.conv[i], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
+        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid,
+                                 dense_window(state.k[i], state.v[i]), state.conv[i], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
         # NeMo's cache update: the last C rows of [cache | chunk]
         ks.append(torch.cat([state.k[i], k], dim=1)[:, -cached:])
         vs.append(torch.cat([state.v[i], v], dim=1)[:, -cached:])
@@ -158,9 +163,10 @@ def encoder_step_paged(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """encoder_step over the paged stream cache, updated in place -> (out [B, T, D], out_len [B]).
 
-    Same arithmetic as encoder_step: the window of the C frames before the chunk is read through the page table
-    (frames before the stream's start are masked), the chunk's projected keys and values are written into the
-    pages at their frame positions, and the conv caches are rewritten in their slots.
+    Same arithmetic as encoder_step: the chunk's projected keys and values are written into the pages at their
+    frame positions, then the window of the C frames before the chunk and the chunk itself is read back through the
+    page table in one gather (the pages hold C + R_max + 1 frames, so the chunk's rows never overwrite the window's;
+    frames before the stream's start are masked), and the conv caches are rewritten in their slots.
     """
     cfg = model.cfg
     x, n = _frontend(model, mel, mel_len, 0 if first else DROP_EXTRA_PRE_ENCODED)
@@ -171,10 +177,12 @@ def encoder_step_paged(
     masked = attention_mask(t, C, pos.clamp(max=C), valid, C, r)
     start = pos - C
     for i, w in enumerate(model.layers):
-        k_win, v_win = cache.gather_window(i, slots, start)  # [B, C, D]
-        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, k_win, v_win,
-                                 cache.conv[i, slots], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
-        cache.write_rows(i, slots, pos, k, v)
+        def window(k, v, i=i):
+            cache.write_rows(i, slots, pos, k, v)
+            return cache.gather_window(i, slots, start, C + t)  # [B, C + T, D]
+
+        x, _, _, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, window, cache.conv[i, slots],
+                                 cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
         cache.conv[i, slots] = cv
     # NeMo counts the chunk's padded length T (cache_last_channel_len += T)
     cache.frames[slots] = pos + t
@@ -197,10 +205,9 @@ def encoder_offline(
     b, t, d = x.shape
     valid = torch.arange(t, device=x.device).unsqueeze(0) < n.unsqueeze(1)
     masked = attention_mask(t, 0, torch.zeros(b, dtype=torch.int64, device=x.device), valid, cfg.left_context, r)
-    empty = x.new_zeros(b, 0, d)
     conv0 = x.new_zeros(b, d, cfg.conv_kernel_size - 1)
     for w in model.layers:
         pos = position_projection(w["att.wpos"], -(t - 1), t - 1, cfg.n_heads)
-        x, _, _, _ = layer_step(x, w, pos, -(t - 1), masked, ~valid, empty, empty, conv0, cfg.conv_norm_type,
+        x, _, _, _ = layer_step(x, w, pos, -(t - 1), masked, ~valid, lambda k, v: (k, v), conv0, cfg.conv_norm_type,
                                 cfg.layer_norm_eps, cfg.batch_norm_eps)
     return x, n
