@@ -1,0 +1,71 @@
+"""The CPU's channels-last subsampling (`subsample_nhwc`, what the engine runs in fp32 on the CPU) against the
+module-by-module form (`subsample_nchw`, NeMo's order of operations), on fresh random weights and inputs.
+
+fp32 within RTOL (they differ by the order of the sums only); masking with padded lengths; streams split into
+several blocks; a stream's output bit for bit the same alone and in a batch.
+"""
+import pytest
+import torch
+
+from nemotron_engine.reference import subsample as S
+from nemotron_engine.reference.linear import pack_linears
+from tolerances import assert_close
+
+
+def weights(c: int, n_mels: int, d: int, bias: bool) -> dict:
+    f3 = n_mels
+    for _ in range(3):
+        f3 = f3 // 2 + 1
+    w = {
+        "conv0.weight": torch.randn(c, 1, 3, 3) * 0.3,
+        "dw1.weight": torch.randn(c, 1, 3, 3) * 0.3,
+        "pw1.weight": torch.randn(c, c, 1, 1) * c ** -0.5,
+        "dw2.weight": torch.randn(c, 1, 3, 3) * 0.3,
+        "pw2.weight": torch.randn(c, c, 1, 1) * c ** -0.5,
+        "out.weight": torch.randn(d, c * f3) * (c * f3) ** -0.5,
+    }
+    for name in ("conv0", "dw1", "pw1", "dw2", "pw2", "out"):
+        w[f"{name}.bias"] = torch.randn(w[f"{name}.weight"].shape[0]) * 0.2 if bias else \
+            torch.zeros(w[f"{name}.weight"].shape[0])
+    return w
+
+
+@pytest.mark.parametrize("b,t,n_mels,c", [(1, 1, 128, 256), (3, 17, 128, 256), (5, 65, 80, 32), (17, 24, 20, 8)])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_nhwc_equals_nchw(b, t, n_mels, c, padded, bias):
+    torch.manual_seed(b * 1000 + t)
+    w = weights(c, n_mels, 48, bias)
+    mel = torch.randn(b, t, n_mels)
+    lengths = None
+    if padded:  # stream 0 padded to half its frames, the others random
+        lengths = torch.randint(0, t + 1, (b,))
+        lengths[0] = t // 2
+    ref, n_ref = S.subsample_nchw(mel, lengths, w)
+    out, n = S.subsample_nhwc(mel, lengths, w)
+    assert torch.equal(n, n_ref)
+    assert_close("subsample_nhwc", ref, out)
+
+
+def test_blocks_and_batch_invariance(monkeypatch):
+    """Several blocks (the block size forced small) give the one-block result, and each stream alone its rows
+    (with the final product prepacked, as the engine runs it: row-invariant, unlike MKL's F.linear)."""
+    torch.manual_seed(7)
+    w = weights(16, 40, 32, True)
+    assert pack_linears(w, ["out.weight"]) > 0
+    mel = torch.randn(9, 33, 40)
+    whole, _ = S.subsample_nhwc(mel, None, w)
+    monkeypatch.setattr(S, "NHWC_BLOCK_BYTES", 1)  # one stream per block
+    blocks, _ = S.subsample_nhwc(mel, None, w)
+    alone = torch.cat([S.subsample_nhwc(mel[i: i + 1], None, w)[0] for i in range(9)])
+    assert torch.equal(blocks, alone)
+    assert_close("blocks vs one block", whole, blocks)
+
+
+def test_dispatch():
+    """fp32 on the CPU runs the channels-last form; other dtypes the module-by-module form."""
+    w = weights(8, 20, 16, True)
+    mel = torch.randn(2, 9, 20)
+    assert torch.equal(S.subsample(mel, None, w)[0], S.subsample_nhwc(mel, None, w)[0])
+    w64 = {k: v.double() for k, v in w.items()}
+    assert torch.equal(S.subsample(mel.double(), None, w64)[0], S.subsample_nchw(mel.double(), None, w64)[0])
