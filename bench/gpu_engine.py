@@ -35,13 +35,7 @@ def read_wav(path) -> np.ndarray:
 
 def transcribe_all(model_dir, pcms, lookahead_ms, **kw) -> list[list[int]]:
     with Engine(model_dir, max_streams=len(pcms), **kw) as eng:
-        streams = [eng.open_stream(lookahead_ms) for _ in pcms]
-        for s, x in zip(streams, pcms):
-            s.push(x)
-            s.finish()
-        for _ in eng.drain():
-            pass
-        return [s.result().tokens for s in streams]
+        return [r.tokens for r in eng.transcribe_many(pcms, lookahead_ms)]
 
 
 def throughput(model_dir, pcms, lookahead_ms, n, **kw) -> dict:

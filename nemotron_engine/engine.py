@@ -351,3 +351,19 @@ class Engine:
             return s.result()
         finally:
             self.close(s)
+
+    def transcribe_many(self, pcms, lookahead_ms: int | None = None) -> list[Result]:
+        """Stream several whole signals at once, each its own stream, batched into the same steps -> their final
+        results, in order. Needs a free stream slot per signal; the streams are closed on return."""
+        streams = []
+        try:
+            for pcm in pcms:
+                streams.append(self.open_stream(lookahead_ms))
+                streams[-1].push(pcm)
+                streams[-1].finish()
+            while any(not s.done for s in streams):
+                self.step()
+            return [s.result() for s in streams]
+        finally:
+            for s in streams:
+                self.close(s)

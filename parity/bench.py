@@ -718,34 +718,43 @@ class Bench:
              f"step p50 {p50 or 0:.1f} ms  {rec['useful_gflops']:.1f} useful GFLOP/s")
         return rec
 
-    def sweep(self, provider: str, lookahead_ms: int, streams: list[int], early_stop: bool = True,
+    def sweep(self, providers: tuple[str, ...], lookahead_ms: int, streams: list[int], early_stop: bool = True,
               max_run_s: float = 120.0, refine: bool = False) -> None:
-        """Measure N in `streams` (ascending). With early_stop, stop after a run that is not real time (RTF > 1)
-        and whose throughput N / RTF is not 10 % above the best so far (batching no longer pays), and after any
-        run longer than max_run_s. With refine, bisect between the last real-time N and the first not."""
-        self.warm_up(provider, lookahead_ms)
-        ok, bad, best = 0, None, 0.0
+        """Measure N in `streams` (ascending), the providers side by side: at each N every provider still sweeping
+        runs once, in turn, so a change in the machine's load over the run falls on both alike.
+
+        A provider stops, with early_stop, after a run that is not real time (RTF > 1) and whose throughput N / RTF
+        is not 10 % above its best so far (batching no longer pays), and after any run longer than max_run_s. With
+        refine, each bisects between its last real-time N and its first N that is not."""
+        for p in providers:
+            self.warm_up(p, lookahead_ms)
+        state = {p: {"ok": 0, "bad": None, "best": 0.0} for p in providers}
+        active = list(providers)
         for n in streams:
-            rec = self.measure(provider, lookahead_ms, n)
-            rtfx = n / rec["rtf"]
-            if rec["rtf"] <= 1.0:
-                ok = max(ok, n)
-            else:
-                bad = n if bad is None else min(bad, n)
-            # never before N = EARLY_STOP_MIN_STREAMS: on the CPU one stream runs matrix-vector products, which
-            # are faster per row than 2-8 row products (measured: 66 vs 17-32 GB/s-equivalent for a 4096 x 1024
-            # fp32 weight), so throughput first dips and only then rises with the batch
-            if early_stop and n >= EARLY_STOP_MIN_STREAMS and rec["rtf"] > 1.0 and rtfx < 1.1 * best:
-                break
-            best = max(best, rtfx)
-            if rec["wall_s"] > max_run_s:
-                break
-        if refine and ok and bad:
+            for p in list(active):
+                st = state[p]
+                rec = self.measure(p, lookahead_ms, n)
+                rtfx = n / rec["rtf"]
+                if rec["rtf"] <= 1.0:
+                    st["ok"] = max(st["ok"], n)
+                elif st["bad"] is None:
+                    st["bad"] = n
+                # never before N = EARLY_STOP_MIN_STREAMS: on the CPU one stream runs matrix-vector products,
+                # which are faster per row than 2-8 row products (measured: 66 vs 17-32 GB/s-equivalent for a
+                # 4096 x 1024 fp32 weight), so throughput first dips and only then rises with the batch
+                if (early_stop and n >= EARLY_STOP_MIN_STREAMS and rec["rtf"] > 1.0 and rtfx < 1.1 * st["best"]) \
+                        or rec["wall_s"] > max_run_s:
+                    active.remove(p)
+                st["best"] = max(st["best"], rtfx)
+        if not refine:
+            return
+        for p in providers:
+            ok, bad = state[p]["ok"], state[p]["bad"]
             for _ in range(3):
-                if bad - ok <= max(1, ok // 8):
+                if not ok or not bad or bad - ok <= max(1, ok // 8):
                     break
                 mid = (ok + bad) // 2
-                if self.measure(provider, lookahead_ms, mid)["rtf"] <= 1.0:
+                if self.measure(p, lookahead_ms, mid)["rtf"] <= 1.0:
                     ok = mid
                 else:
                     bad = mid
@@ -968,9 +977,8 @@ def run(args) -> dict:
     streams = sorted(set(args.streams))
     t_setup = time.perf_counter() - t_start
     for la in args.lookahead_ms:
-        for provider in (("engine", "nemo") if use_nemo else ("engine",)):
-            bench.sweep(provider, la, streams, early_stop=not args.no_early_stop, max_run_s=args.max_run_s,
-                        refine=args.refine)
+        bench.sweep(("engine", "nemo") if use_nemo else ("engine",), la, streams, early_stop=not args.no_early_stop,
+                    max_run_s=args.max_run_s, refine=args.refine)
     summary = summarise(bench.records, args.lookahead_ms)
     import nemotron_engine
 

@@ -44,13 +44,7 @@ def engine_stream_all(model_dir: Path, audio: list[np.ndarray], lookahead_ms: in
     from nemotron_engine import Engine
 
     with Engine(model_dir, max_streams=len(audio)) as eng:
-        streams = [eng.open_stream(lookahead_ms) for _ in audio]
-        for s, a in zip(streams, audio):
-            s.push(a)
-            s.finish()
-        for _ in eng.drain():
-            pass
-        return [(s.result().text, s.result().tokens) for s in streams]
+        return [(r.text, r.tokens) for r in eng.transcribe_many(audio, lookahead_ms)]
 
 
 def evaluate(work: Path, use_nemo: bool, limit: int | None = None, nemo_limit: int | None = None) -> dict:

@@ -99,3 +99,11 @@ def test_context_managers_and_drain():
         assert engine.memory_report().max_streams == 2 and not engine.streams
         other = engine.open_stream()
     assert other.closed and not engine.streams
+
+
+def test_transcribe_many_equals_one_by_one(engine):
+    """Several signals batched into the same steps give each its own transcript; the streams are closed after."""
+    audio = [a for _, a in models.corpus()[:3]]
+    results = engine.transcribe_many(audio, lookahead_ms=160)
+    assert [r.tokens for r in results] == [engine.transcribe(a, lookahead_ms=160).tokens for a in audio]
+    assert all(r.final for r in results) and any(r.tokens for r in results) and not engine.streams

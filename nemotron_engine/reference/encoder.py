@@ -141,8 +141,8 @@ def encoder_step(
     masked = attention_mask(t, cached, state.filled, valid, cfg.left_context, r)
     ks, vs, convs = [], [], []
     for i, w in enumerate(model.layers):
-        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid,
-                                 dense_window(state.k[i], state.v[i]), state.conv[i], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
+        x, k, v, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, dense_window(state.k[i], state.v[i]),
+                                 state.conv[i], cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)
         # NeMo's cache update: the last C rows of [cache | chunk]
         ks.append(torch.cat([state.k[i], k], dim=1)[:, -cached:])
         vs.append(torch.cat([state.v[i], v], dim=1)[:, -cached:])
