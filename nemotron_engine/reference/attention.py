@@ -76,7 +76,12 @@ def rel_attention(
     # relative position of query i (absolute n - t + i) to key j: rel = n - t + i - j, from 1 - t to n - 1
     lo, hi = 1 - t, n - 1
     table = pos[:, lo - rel_lo : hi - rel_lo + 1]  # [H, n + t - 1, dh]
-    bd_rows = torch.bmm(qv, table.transpose(1, 2)).view(h, b, t, -1)  # [H, B, T, n + t - 1]
+    # one product per stream (T query rows each), not one over all B x T rows: MKL's result for a row depends on
+    # how many rows share the product, and a stream's tokens must not depend on the batch (the bench caught it)
+    bd_rows = q.new_empty(h, b, t, table.shape[1])  # [H, B, T, n + t - 1]
+    qv = qv.view(h, b, t, dh)
+    for i in range(b):
+        torch.bmm(qv[:, i], table.transpose(1, 2), out=bd_rows[:, i])
     i = torch.arange(t, device=q.device).unsqueeze(1)
     j = torch.arange(n, device=q.device).unsqueeze(0)
     bd = torch.gather(bd_rows, -1, ((n - t + i) - j - lo).expand(h, b, t, n))  # [H, B, T, N]

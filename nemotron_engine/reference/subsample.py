@@ -13,9 +13,10 @@ Two layouts compute the same values (up to fp32 rounding, tested in tests/test_s
 - `subsample_nchw`, the form above, op by op as NeMo runs it: the reference for every device and dtype;
 - `subsample_nhwc`, channels last, what `subsample` runs for float32 on the CPU (the engine's CPU path): the first
   conv as one product of 3x3 patches, the depthwise convs on oneDNN's channels-last kernels (about 4x faster than
-  channels-first on the 2-core CI machine), the masks in place, and only where a value can change; streams in
-  blocks, so the intermediates stay in cache and no large buffer is allocated per step (a fresh 35 MB buffer costs
-  more in page faults than the product writing it).
+  channels-first on the 2-core CI machine), the masks in place, and only where a value can change; one stream at a
+  time, so the intermediates stay in cache, no large buffer is allocated per step (a fresh 35 MB buffer costs more
+  in page faults than the product writing it), and a stream's frontend never shares a product with another stream
+  (MKL's products are not row-invariant: blocks of several streams changed a stream's tokens in the bench).
 """
 from __future__ import annotations
 
@@ -79,13 +80,6 @@ def subsample_nchw(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> 
 
 
 # ---- channels last -----------------------------------------------------------------------------------------------
-# Bytes of the first conv's output per block of streams. Per stream it is 256 channels x (T/2 + 1) frames x 65
-# bins: 2.2 MB at a 560 ms chunk, 0.6 MB at 80 ms. Measured on the 2-core CI machine (full-size frontend, 16 streams
-# at 560 ms and 64 at 80 ms): blocks of about 4 MB ran 1.2-1.7x faster than one block of every stream or one
-# stream at a time.
-NHWC_BLOCK_BYTES = 4 << 20
-
-
 def _mask_time_(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Zero the frames t >= length of x [B, T, ...] in place (nothing to do without lengths).
 
@@ -115,7 +109,7 @@ def _pointwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 def _block_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> torch.Tensor:
-    """The three conv stages for a block of streams -> [B, T3, C * F3] (flatten index c * F3 + f)."""
+    """The three conv stages for one stream (or a block) -> [B, T3, C * F3] (flatten index c * F3 + f)."""
     b = mel.shape[0]
     n1 = n2 = n3 = None
     if lengths is not None:
@@ -140,17 +134,14 @@ def _block_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> tor
 
 
 def subsample_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """`subsample` in channels-last layout, streams in blocks of about NHWC_BLOCK_BYTES (module docstring)."""
+    """`subsample` in channels-last layout, one stream at a time (see the module docstring)."""
     b = mel.shape[0]
-    per_stream = (mel.shape[1] // 2 + 1) * (mel.shape[2] // 2 + 1) * w["conv0.weight"].shape[0] * mel.element_size()
-    block = max(1, NHWC_BLOCK_BYTES // per_stream)
     if lengths is None:
         lengths_out = torch.full((b,), mel.shape[1], dtype=torch.int64, device=mel.device)
     else:
         lengths_out = lengths
     for _ in range(3):
         lengths_out = lengths_out // 2 + 1
-    blocks = [_block_nhwc(mel[i: i + block], None if lengths is None else lengths[i: i + block], w)
-              for i in range(0, b, block)]
+    blocks = [_block_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)]
     x = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
     return linear(x, w, "out.weight", "out.bias"), lengths_out
