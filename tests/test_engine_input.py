@@ -104,6 +104,8 @@ def test_context_managers_and_drain():
 def test_transcribe_many_equals_one_by_one(engine):
     """Several signals batched into the same steps give each its own transcript; the streams are closed after."""
     audio = [a for _, a in models.corpus()[:3]]
+    before = set(engine.streams)  # the module's engine may hold streams of earlier tests
     results = engine.transcribe_many(audio, lookahead_ms=160)
+    assert set(engine.streams) == before
     assert [r.tokens for r in results] == [engine.transcribe(a, lookahead_ms=160).tokens for a in audio]
-    assert all(r.final for r in results) and any(r.tokens for r in results) and not engine.streams
+    assert all(r.final for r in results) and any(r.tokens for r in results)
