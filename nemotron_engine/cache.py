@@ -114,8 +114,7 @@ class StreamCache:
         attention window before a chunk; with n = C + T, the window and the chunk written just before).
 
         The rows land in a workspace the pool keeps (grown on demand, reused by every layer and step): valid until
-        the next gather_window call. A fresh buffer per layer costs more than the gather on the CPU (tens of MB
-        of new pages to fault in at 64 streams).
+        the next gather_window call, so no new pages are faulted in per layer.
         """
         n = self.cfg.left_context if n is None else n
         frames = start.unsqueeze(1) + torch.arange(n, device=start.device)  # [B, n]

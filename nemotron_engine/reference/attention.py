@@ -59,8 +59,7 @@ def rel_attention(
     """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D].
 
     Computed head-major, [H, B, T, N], one batched product per head read straight from the keys' and values'
-    interleaved rows ([B, N, H, dh] as stored): the keys and values are never transposed or copied, which would
-    cost more than the products themselves at a few query rows per stream.
+    interleaved rows ([B, N, H, dh] as stored): the keys and values are never transposed or copied.
     """
     b, t, d = q.shape
     n = k.shape[1]
@@ -69,7 +68,7 @@ def rel_attention(
     k = k.view(b, n, h, dh)
     v = v.view(b, n, h, dh)
     qu = q + pos_bias_u  # [B, T, H, dh]
-    qv = (q + pos_bias_v).permute(2, 0, 1, 3).reshape(h, b * t, dh)  # [H, B * T, dh]
+    qv = (q + pos_bias_v).permute(2, 0, 1, 3)  # [H, B, T, dh] (a view)
     ac = q.new_empty(h, b, t, n)
     for i in range(h):
         torch.bmm(qu[:, :, i], k[:, :, i].transpose(1, 2), out=ac[i])  # [B, T, N]
@@ -79,9 +78,8 @@ def rel_attention(
     # one product per stream (T query rows each), not one over all B x T rows: MKL's result for a row depends on
     # how many rows share the product, and a stream's tokens must not depend on the batch (the bench caught it)
     bd_rows = q.new_empty(h, b, t, table.shape[1])  # [H, B, T, n + t - 1]
-    qv = qv.view(h, b, t, dh)
-    for i in range(b):
-        torch.bmm(qv[:, i], table.transpose(1, 2), out=bd_rows[:, i])
+    for s in range(b):
+        torch.bmm(qv[:, s], table.transpose(1, 2), out=bd_rows[:, s])
     i = torch.arange(t, device=q.device).unsqueeze(1)
     j = torch.arange(n, device=q.device).unsqueeze(0)
     bd = torch.gather(bd_rows, -1, ((n - t + i) - j - lo).expand(h, b, t, n))  # [H, B, T, N]

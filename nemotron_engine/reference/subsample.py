@@ -12,10 +12,8 @@ Facts relied on (NeMo 3.0 `subsampling.py`, `causal_convs.py`):
 Two layouts compute the same values (up to fp32 rounding, tested in tests/test_subsample.py):
 - `subsample_nchw`, the form above, op by op as NeMo runs it: the reference for every device and dtype;
 - `subsample_nhwc`, channels last, what `subsample` runs for float32 on the CPU (the engine's CPU path): the first
-  conv as one product of 3x3 patches, the depthwise convs on oneDNN's channels-last kernels (about 4x faster than
-  channels-first on the 2-core CI machine), the masks in place, and only where a value can change; one stream at a
-  time, so the intermediates stay in cache, no large buffer is allocated per step (a fresh 35 MB buffer costs more
-  in page faults than the product writing it), and a stream's frontend never shares a product with another stream
+  conv as one product of 3x3 patches, the depthwise convs on oneDNN's channels-last kernels, the masks in place, and only where a value can change; one stream at a
+  time, so the intermediates stay in cache, no large buffer is allocated per step, and a stream's frontend never shares a product with another stream
   (MKL's products are not row-invariant: blocks of several streams changed a stream's tokens in the bench).
 """
 from __future__ import annotations
@@ -108,8 +106,8 @@ def _pointwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return F.linear(x, weight.flatten(1), bias).contiguous()
 
 
-def _block_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> torch.Tensor:
-    """The three conv stages for one stream (or a block) -> [B, T3, C * F3] (flatten index c * F3 + f)."""
+def _stream_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> torch.Tensor:
+    """The three conv stages for one stream, mel [1, T, F] -> [1, T3, C * F3] (flatten index c * F3 + f)."""
     b = mel.shape[0]
     n1 = n2 = n3 = None
     if lengths is not None:
@@ -142,6 +140,5 @@ def subsample_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> 
         lengths_out = lengths
     for _ in range(3):
         lengths_out = lengths_out // 2 + 1
-    blocks = [_block_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)]
-    x = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+    x = torch.cat([_stream_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)])
     return linear(x, w, "out.weight", "out.bias"), lengths_out
