@@ -58,34 +58,43 @@ def rel_attention(
 ) -> torch.Tensor:
     """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D].
 
-    Computed head-major, [H, B, T, N], one batched product per head read straight from the keys' and values'
-    interleaved rows ([B, N, H, dh] as stored): the keys and values are never transposed or copied.
+    Products read the keys and values straight from their interleaved rows ([B, N, H, dh] as stored): they are
+    never transposed into copies. On the CPU each stream gets its own products (batched over the H heads), so a
+    stream's numbers are the same bit for bit whatever streams share the call: MKL's batched and row-blocked
+    products round a matrix differently with the batch size (measured: torch.bmm over B streams differs from the
+    same stream alone at T = 7), and a flipped near tie changes the tokens (the bench caught one). Elsewhere the
+    products are batched over streams and heads in one call.
     """
     b, t, d = q.shape
     n = k.shape[1]
     h, _, dh = pos.shape
     q = q.view(b, t, h, dh)
-    k = k.view(b, n, h, dh)
-    v = v.view(b, n, h, dh)
-    qu = q + pos_bias_u  # [B, T, H, dh]
-    qv = (q + pos_bias_v).permute(2, 0, 1, 3)  # [H, B, T, dh] (a view)
-    ac = q.new_empty(h, b, t, n)
-    for i in range(h):
-        torch.bmm(qu[:, :, i], k[:, :, i].transpose(1, 2), out=ac[i])  # [B, T, N]
+    k = k.view(b, n, h, dh).permute(0, 2, 3, 1)  # [B, H, dh, N] (a view)
+    v = v.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh] (a view)
+    qu = (q + pos_bias_u).transpose(1, 2)  # [B, H, T, dh]
+    qv = (q + pos_bias_v).transpose(1, 2)
     # relative position of query i (absolute n - t + i) to key j: rel = n - t + i - j, from 1 - t to n - 1
     lo, hi = 1 - t, n - 1
-    table = pos[:, lo - rel_lo : hi - rel_lo + 1]  # [H, n + t - 1, dh]
-    # one product per stream (T query rows each), not one over all B x T rows: MKL's result for a row depends on
-    # how many rows share the product, and a stream's tokens must not depend on the batch (the bench caught it)
-    bd_rows = q.new_empty(h, b, t, table.shape[1])  # [H, B, T, n + t - 1]
-    for s in range(b):
-        torch.bmm(qv[:, s], table.transpose(1, 2), out=bd_rows[:, s])
+    table = pos[:, lo - rel_lo : hi - rel_lo + 1].transpose(1, 2)  # [H, dh, n + t - 1] (a view)
+    per_stream = q.device.type == "cpu"
+    if per_stream:
+        ac = q.new_empty(b, h, t, n)
+        bd_rows = q.new_empty(b, h, t, table.shape[2])  # [B, H, T, n + t - 1]
+        for s in range(b):
+            torch.bmm(qu[s], k[s], out=ac[s])
+            torch.bmm(qv[s], table, out=bd_rows[s])
+    else:
+        ac = torch.matmul(qu, k)  # [B, H, T, N]
+        bd_rows = torch.matmul(qv, table)
     i = torch.arange(t, device=q.device).unsqueeze(1)
     j = torch.arange(n, device=q.device).unsqueeze(0)
-    bd = torch.gather(bd_rows, -1, ((n - t + i) - j - lo).expand(h, b, t, n))  # [H, B, T, N]
+    bd = torch.gather(bd_rows, -1, ((n - t + i) - j - lo).expand(b, h, t, n))  # [B, H, T, N]
     scores = (ac + bd) / math.sqrt(dh)
+    masked = masked.unsqueeze(1)  # [B, 1, T, N]
     attn = torch.softmax(scores.masked_fill(masked, MASK_VALUE), dim=-1).masked_fill(masked, 0.0)
-    out = q.new_empty(h, b, t, dh)
-    for i in range(h):
-        torch.bmm(attn[i], v[:, :, i], out=out[i])  # [B, T, dh]
-    return out.permute(1, 2, 0, 3).reshape(b, t, d)
+    if per_stream:
+        out = q.new_empty(b, t, h, dh)
+        for s in range(b):
+            torch.bmm(attn[s], v[s], out=out[s].transpose(0, 1))  # [H, T, dh] into [T, H, dh]
+        return out.view(b, t, d)
+    return torch.matmul(attn, v).transpose(1, 2).reshape(b, t, d)
