@@ -109,21 +109,26 @@ class StreamCache:
         page = torch.gather(self.table[slots], 1, (f // self.page_size) % self.pages_per_stream)
         return page, f % self.page_size
 
-    def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor, n: int | None = None):
+    def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor, n: int | None = None,
+                      reuse: bool = False):
         """Keys and values of frames start .. start + n - 1 -> ([B, n, D], [B, n, D]); n defaults to C (the
         attention window before a chunk; with n = C + T, the window and the chunk written just before).
 
-        The rows land in a workspace the pool keeps (grown on demand, reused by every layer and step): valid until
-        the next gather_window call, so no new pages are faulted in per layer.
+        reuse=False returns new tensors. reuse=True (the engine's step) writes the rows into a workspace the pool
+        keeps, grown on demand and shared by every layer and step, so that no new pages are faulted in per layer:
+        the views it returns are overwritten by the next reuse=True call.
         """
         n = self.cfg.left_context if n is None else n
         frames = start.unsqueeze(1) + torch.arange(n, device=start.device)  # [B, n]
         page, row = self.locate(slots, frames)
         idx = (page * self.page_size + row).flatten()  # [B * n] rows of the flattened layer
         d = self.k.shape[-1]
-        if self._window.shape[1] < idx.numel():
-            self._window = self.k.new_empty(2, idx.numel(), d)
-        k, v = self._window[0, : idx.numel()], self._window[1, : idx.numel()]
+        if not reuse:
+            k, v = self.k.new_empty(idx.numel(), d), self.v.new_empty(idx.numel(), d)
+        else:
+            if self._window.shape[1] < idx.numel():
+                self._window = self.k.new_empty(2, idx.numel(), d)
+            k, v = self._window[0, : idx.numel()], self._window[1, : idx.numel()]
         torch.index_select(self.k[layer].view(-1, d), 0, idx, out=k)
         torch.index_select(self.v[layer].view(-1, d), 0, idx, out=v)
         b = slots.shape[0]

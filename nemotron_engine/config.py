@@ -24,8 +24,10 @@ DROP_EXTRA_PRE_ENCODED = 2
 SAMPLING_FRAMES = (1, 8)
 
 
-def subsampled_length(n_mel: int) -> int:
-    """Encoder frames produced from n_mel mel frames: f(f(f(n))) with f(n) = n // 2 + 1 (NeMo calc_length)."""
+def subsampled_length(n_mel):
+    """Encoder frames produced from n_mel mel frames: f(f(f(n))) with f(n) = n // 2 + 1 (NeMo calc_length).
+
+    n_mel: an int, or an int64 tensor of lengths (the same arithmetic, elementwise)."""
     for _ in range(SUBSAMPLING_STAGES):
         n_mel = n_mel // 2 + 1
     return n_mel

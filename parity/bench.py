@@ -660,10 +660,11 @@ class Bench:
     """One benchmark session: the engine (and NeMo) loaded once, audio cached, records collected."""
 
     def __init__(self, engine_dir: Path, nemo_model=None, cache_dir: Path | None = None, audio_s: float = 5.0,
-                 dtype: torch.dtype = torch.float32, cpu_packed: bool | None = None):
+                 dtype: torch.dtype = torch.float32, cpu_packed: bool | None = None, max_streams: int = 64):
         from nemotron_engine.engine import Engine
 
-        self.engine = Engine(engine_dir, dtype=dtype, cpu_packed=cpu_packed)
+        # the pool holds the sweep's largest N (a 128-stream sweep used to fail at N = 128 on the default 64)
+        self.engine = Engine(engine_dir, dtype=dtype, cpu_packed=cpu_packed, max_streams=max_streams)
         self.cfg = self.engine.cfg
         self.nemo = nemo_model
         self.cache_dir = Path(cache_dir or default_cache_dir())
@@ -969,16 +970,20 @@ def run(args) -> dict:
         gate = accuracy_gate(Path(args.gate_model), dtype)
         _log(f"accuracy gate ({args.dtype} vs fp32 on {args.gate_model}): {json.dumps(gate)}")
     bench = Bench(prep.engine_dir, nemo_model, cache_dir, args.audio_s, dtype=dtype,
-                  cpu_packed=False if args.no_cpu_packed else None)
+                  cpu_packed=False if args.no_cpu_packed else None, max_streams=max(args.streams))
     _log(f"engine linear products: {'prepacked oneDNN' if bench.engine.model.packed_bytes else 'F.linear'}")
     cfg = bench.cfg
     for la in args.lookahead_ms:
         cfg.lookahead_from_ms(la)  # a clear error for a lookahead the model does not have
     streams = sorted(set(args.streams))
     t_setup = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for la in args.lookahead_ms:
         bench.sweep(("engine", "nemo") if use_nemo else ("engine",), la, streams, early_stop=not args.no_early_stop,
                     max_run_s=args.max_run_s, refine=args.refine)
+        # the records so far, in case a later sweep fails (a full CPU run takes most of an hour)
+        (out / "records.partial.json").write_text(json.dumps(bench.records, indent=1, default=str))
     summary = summarise(bench.records, args.lookahead_ms)
     import nemotron_engine
 
@@ -1015,8 +1020,7 @@ def run(args) -> dict:
         "records": bench.records,
         "timing_s": {"setup": t_setup, "build": prep.build_s, "total": time.perf_counter() - t_start},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "records.partial.json").unlink(missing_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=1, default=str))
     title = (f"{cfg.n_layers}x{cfg.d_model} {'random ' if report['model']['random_weights'] else ''}model, "
              f"{args.audio_s:g} s/stream, {bench.device}, torch threads {torch.get_num_threads()}")

@@ -67,3 +67,26 @@ def test_slots_and_pages_are_reused(model):
     report = cache.memory_report()
     assert report.max_streams == 2 and report.bytes_per_stream * 2 == report.pool_bytes
     assert report.bytes_per_stream >= bytes_per_stream(cfg, torch.float32) - 64
+
+
+def test_gather_window_reuse(model):
+    """reuse=False returns tensors of their own; reuse=True the same values in the pool's workspace, which the next
+    reuse=True gather overwrites."""
+    torch.manual_seed(1)
+    cfg = model.cfg
+    cache = StreamCache(cfg, max_streams=2, dtype=torch.float32)
+    sos = initial_state(model, 1)
+    slots = torch.tensor([cache.open(sos), cache.open(sos)])
+    C = cfg.left_context
+    for layer in range(2):
+        k = torch.randn(2, C, cfg.d_model)
+        cache.write_rows(layer, slots, torch.zeros(2, dtype=torch.int64), k, -k)
+    start = torch.zeros(2, dtype=torch.int64)
+    own = [cache.gather_window(layer, slots, start) for layer in range(2)]
+    assert not torch.equal(own[0][0], own[1][0])  # the first gather was not overwritten by the second
+    for layer in range(2):
+        k, v = cache.gather_window(layer, slots, start, reuse=True)
+        assert torch.equal(k, own[layer][0]) and torch.equal(v, own[layer][1])
+    k0, _ = cache.gather_window(0, slots, start, reuse=True)
+    cache.gather_window(1, slots, start, reuse=True)
+    assert torch.equal(k0, own[1][0])  # the workspace's views show the latest gather

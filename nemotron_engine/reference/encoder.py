@@ -179,7 +179,7 @@ def encoder_step_paged(
     for i, w in enumerate(model.layers):
         def window(k, v, i=i):
             cache.write_rows(i, slots, pos, k, v)
-            return cache.gather_window(i, slots, start, C + t)  # [B, C + T, D]
+            return cache.gather_window(i, slots, start, C + t, reuse=True)  # [B, C + T, D], the pool's workspace
 
         x, _, _, cv = layer_step(x, w, model.pos[i], model.rel_lo, masked, ~valid, window, cache.conv[i, slots],
                                  cfg.conv_norm_type, cfg.layer_norm_eps, cfg.batch_norm_eps)

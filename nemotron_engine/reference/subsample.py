@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import subsampled_length
 from .linear import linear
 
 
@@ -134,11 +135,7 @@ def _stream_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> to
 def subsample_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """`subsample` in channels-last layout, one stream at a time (see the module docstring)."""
     b = mel.shape[0]
-    if lengths is None:
-        lengths_out = torch.full((b,), mel.shape[1], dtype=torch.int64, device=mel.device)
-    else:
-        lengths_out = lengths
-    for _ in range(3):
-        lengths_out = lengths_out // 2 + 1
+    full = torch.full((b,), mel.shape[1], dtype=torch.int64, device=mel.device)
+    lengths_out = subsampled_length(full if lengths is None else lengths)
     x = torch.cat([_stream_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)])
     return linear(x, w, "out.weight", "out.bias"), lengths_out
