@@ -12,6 +12,7 @@ import torch
 import models
 from nemotron_engine.engine import Engine
 from nemotron_engine.reference.attention import rel_attention
+from tolerances import assert_close
 
 
 @pytest.mark.parametrize("t", [1, 2, 7, 14])
@@ -62,3 +63,21 @@ def test_engine_encoder_outputs_do_not_depend_on_the_batch(lookahead_ms):
             assert torch.equal(a, e), f"batch of {crowd + 1}, step {k}: max diff {(a - e).abs().max().item():.3g}"
         for o in others + [s]:
             engine.close(o)
+
+
+@pytest.mark.parametrize("b,t", [(1, 1), (3, 7), (5, 14)])
+def test_rel_attention_batched_form_equals_per_stream(b, t):
+    """The form other devices run (one product over all streams and heads) computes the same attention."""
+    torch.manual_seed(b + t)
+    h, dh, cached = 4, 32, 20
+    d, n = h * dh, cached + t
+    rel_lo = -(cached + 14)
+    pos = torch.randn(h, 2 * (cached + 14) + 1, dh)
+    q, k, v = torch.randn(b, t, d), torch.randn(b, n, d), torch.randn(b, n, d)
+    u, w = torch.randn(h, dh), torch.randn(h, dh)
+    masked = torch.rand(b, t, n) < 0.3
+    masked[0, 0] = True  # a query that sees no key outputs zeros in both forms
+    one = rel_attention(q, k, v, pos, rel_lo, u, w, masked, per_stream=True)
+    many = rel_attention(q, k, v, pos, rel_lo, u, w, masked, per_stream=False)
+    assert_close("rel_attention batched", one, many)
+    assert torch.equal(one[0, 0], torch.zeros(d)) and torch.equal(many[0, 0], torch.zeros(d))

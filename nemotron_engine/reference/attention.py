@@ -55,6 +55,7 @@ def rel_attention(
     pos_bias_u: torch.Tensor,  # [H, dh]
     pos_bias_v: torch.Tensor,  # [H, dh]
     masked: torch.Tensor,  # [B, T, N] True where the key is not visible to the query
+    per_stream: bool | None = None,  # one product per stream; default: on the CPU
 ) -> torch.Tensor:
     """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D].
 
@@ -76,7 +77,8 @@ def rel_attention(
     # relative position of query i (absolute n - t + i) to key j: rel = n - t + i - j, from 1 - t to n - 1
     lo, hi = 1 - t, n - 1
     table = pos[:, lo - rel_lo : hi - rel_lo + 1].transpose(1, 2)  # [H, dh, n + t - 1] (a view)
-    per_stream = q.device.type == "cpu"
+    if per_stream is None:
+        per_stream = q.device.type == "cpu"
     if per_stream:
         ac = q.new_empty(b, h, t, n)
         bd_rows = q.new_empty(b, h, t, table.shape[2])  # [B, H, T, n + t - 1]
