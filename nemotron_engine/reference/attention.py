@@ -59,12 +59,12 @@ def rel_attention(
 ) -> torch.Tensor:
     """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D].
 
-    Products read the keys and values straight from their interleaved rows ([B, N, H, dh] as stored): they are
-    never transposed into copies. On the CPU each stream gets its own products (batched over the H heads), so a
-    stream's numbers are the same bit for bit whatever streams share the call: MKL's batched and row-blocked
-    products round a matrix differently with the batch size (measured: torch.bmm over B streams differs from the
-    same stream alone at T = 7), and a flipped near tie changes the tokens (the bench caught one). Elsewhere the
-    products are batched over streams and heads in one call.
+    On the CPU (per_stream) each stream gets its own products, batched over the H heads and read straight from the
+    keys' and values' interleaved rows ([B, N, H, dh] as stored, no transposed copies), so a stream's numbers are
+    the same bit for bit whatever streams share the call: MKL rounds a batched product differently with the batch
+    size (measured: torch.bmm over B streams differs from the same stream alone at T = 7), and a flipped near tie
+    changes the tokens (the bench caught one). Elsewhere the products are batched over streams and heads in one
+    call (torch.matmul may copy the permuted keys and values into its own layout).
     """
     b, t, d = q.shape
     n = k.shape[1]
