@@ -342,15 +342,7 @@ class Engine:
 
     def transcribe(self, pcm, lookahead_ms: int | None = None) -> Result:
         """Stream one whole signal through the engine, chunk by chunk, and return its final result."""
-        s = self.open_stream(lookahead_ms)
-        try:
-            s.push(pcm)
-            s.finish()
-            while not s.done:
-                self.step()
-            return s.result()
-        finally:
-            self.close(s)
+        return self.transcribe_many([pcm], lookahead_ms)[0]
 
     def transcribe_many(self, pcms, lookahead_ms: int | None = None) -> list[Result]:
         """Stream several whole signals at once, each its own stream, batched into the same steps -> their final

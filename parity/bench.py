@@ -644,6 +644,19 @@ def accuracy_gate(model_dir: Path, dtype: torch.dtype, lookaheads_ms: list[int] 
     return {"model": str(model_dir), "dtype": str(dtype).replace("torch.", ""), "rows": rows}
 
 
+def sgemm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """The CPU's fp32 matrix-product rate at the current torch thread count, GFLOP/s: the best of `repeats` n x n x n
+    torch.mm (2 n^3 FLOPs each). The ceiling the "useful GFLOP/s" of a run can be read against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def device_name() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -991,7 +1004,7 @@ def run(args) -> dict:
         "machine": {
             "device": bench.device, "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "nemo": _nemo_version() if use_nemo else None,
+            "nemo": _nemo_version() if use_nemo else None, "sgemm_gflops": sgemm_gflops(),
         },
         "engine_version": getattr(nemotron_engine, "__version__", None),
         "git_commit": _git_commit(),
@@ -1052,7 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     m = report["machine"]
-    print(f"{m['device']}, torch {m['torch']} with {m['torch_threads']} threads; model "
+    print(f"{m['device']}, torch {m['torch']} with {m['torch_threads']} threads (fp32 sgemm "
+          f"{m['sgemm_gflops']:.0f} GFLOP/s); model "
           f"{report['model']['n_layers']}x{report['model']['d_model']}; {report['settings']['audio_s']:g} s of speech "
           "per stream")
     print(format_table(report["summary"]))

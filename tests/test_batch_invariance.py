@@ -15,17 +15,22 @@ from nemotron_engine.reference.attention import rel_attention
 from tolerances import assert_close
 
 
-@pytest.mark.parametrize("t", [1, 2, 7, 14])
-@pytest.mark.parametrize("b", [3, 17])
-def test_rel_attention_rows_do_not_depend_on_the_batch(b, t):
-    torch.manual_seed(100 * b + t)
-    h, dh, cached = 8, 128, 70
+def _attention_inputs(b: int, t: int, h: int, dh: int, cached: int, p_masked: float):
+    """rel_attention's arguments: random q [B, T, D], k and v [B, cached + T, D], a position table covering a
+    14-frame lookahead, random position biases and a random mask."""
     d, n = h * dh, cached + t
     rel_lo = -(cached + 14)
     pos = torch.randn(h, 2 * (cached + 14) + 1, dh)
     q, k, v = torch.randn(b, t, d), torch.randn(b, n, d), torch.randn(b, n, d)
     u, w = torch.randn(h, dh), torch.randn(h, dh)
-    masked = torch.rand(b, t, n) < 0.2
+    return q, k, v, pos, rel_lo, u, w, torch.rand(b, t, n) < p_masked
+
+
+@pytest.mark.parametrize("t", [1, 2, 7, 14])
+@pytest.mark.parametrize("b", [3, 17])
+def test_rel_attention_rows_do_not_depend_on_the_batch(b, t):
+    torch.manual_seed(100 * b + t)
+    q, k, v, pos, rel_lo, u, w, masked = _attention_inputs(b, t, h=8, dh=128, cached=70, p_masked=0.2)
     batch = rel_attention(q, k, v, pos, rel_lo, u, w, masked)
     for i in range(b):
         s = slice(i, i + 1)
@@ -69,15 +74,9 @@ def test_engine_encoder_outputs_do_not_depend_on_the_batch(lookahead_ms):
 def test_rel_attention_batched_form_equals_per_stream(b, t):
     """The form other devices run (one product over all streams and heads) computes the same attention."""
     torch.manual_seed(b + t)
-    h, dh, cached = 4, 32, 20
-    d, n = h * dh, cached + t
-    rel_lo = -(cached + 14)
-    pos = torch.randn(h, 2 * (cached + 14) + 1, dh)
-    q, k, v = torch.randn(b, t, d), torch.randn(b, n, d), torch.randn(b, n, d)
-    u, w = torch.randn(h, dh), torch.randn(h, dh)
-    masked = torch.rand(b, t, n) < 0.3
+    q, k, v, pos, rel_lo, u, w, masked = _attention_inputs(b, t, h=4, dh=32, cached=20, p_masked=0.3)
     masked[0, 0] = True  # a query that sees no key outputs zeros in both forms
     one = rel_attention(q, k, v, pos, rel_lo, u, w, masked, per_stream=True)
     many = rel_attention(q, k, v, pos, rel_lo, u, w, masked, per_stream=False)
     assert_close("rel_attention batched", one, many)
-    assert torch.equal(one[0, 0], torch.zeros(d)) and torch.equal(many[0, 0], torch.zeros(d))
+    assert torch.equal(one[0, 0], torch.zeros(4 * 32)) and torch.equal(many[0, 0], torch.zeros(4 * 32))

@@ -73,6 +73,7 @@ def test_bench_main_tiny(tiny, tmp_path, capsys):
     assert torch.get_num_threads() == threads  # restored
     rep = json.loads((out / "bench.json").read_text())
     assert rep["machine"]["torch_threads"] == 1 and rep["machine"]["device"].startswith("cpu")
+    assert rep["machine"]["sgemm_gflops"] > 0
     assert rep["model"]["n_layers"] == 2 and rep["model"]["random_weights"]
     recs = rep["records"]
     for provider in ("engine", "nemo"):

@@ -95,8 +95,11 @@ def rel_attention(
     masked = masked.unsqueeze(1)  # [B, 1, T, N]
     attn = torch.softmax(scores.masked_fill(masked, MASK_VALUE), dim=-1).masked_fill(masked, 0.0)
     if per_stream:
-        out = q.new_empty(b, t, h, dh)
+        # each stream's heads into a contiguous [H, T, dh] block, merged into [B, T, D] by one copy at the end
+        # (not bmm into a strided out= view of [B, T, H, dh], which torch does not write in place)
+        out = q.new_empty(b, h, t, dh)
         for s in range(b):
-            torch.bmm(attn[s], v[s], out=out[s].transpose(0, 1))  # [H, T, dh] into [T, H, dh]
-        return out.view(b, t, d)
-    return torch.matmul(attn, v).transpose(1, 2).reshape(b, t, d)
+            torch.bmm(attn[s], v[s], out=out[s])
+    else:
+        out = torch.matmul(attn, v)  # [B, H, T, dh]
+    return out.transpose(1, 2).reshape(b, t, d)

@@ -12,9 +12,11 @@ Facts relied on (NeMo 3.0 `subsampling.py`, `causal_convs.py`):
 Two layouts compute the same values (up to fp32 rounding, tested in tests/test_subsample.py):
 - `subsample_nchw`, the form above, op by op as NeMo runs it: the reference for every device and dtype;
 - `subsample_nhwc`, channels last, what `subsample` runs for float32 on the CPU (the engine's CPU path): the first
-  conv as one product of 3x3 patches, the depthwise convs on oneDNN's channels-last kernels, the masks in place, and only where a value can change; one stream at a
-  time, so the intermediates stay in cache, no large buffer is allocated per step, and a stream's frontend never shares a product with another stream
-  (MKL's products are not row-invariant: blocks of several streams changed a stream's tokens in the bench).
+  conv as one product of 3x3 patches, the depthwise convs on oneDNN's channels-last kernels, the masks in place,
+  and only where a value can change; one stream at a time, so the intermediates stay in cache, no large buffer is
+  allocated per step, and a stream's frontend never shares a product with another stream (MKL's F.linear is not
+  row-invariant, so a block of streams need not give a stream's rows bit for bit; tests/test_subsample.py checks
+  a stream alone against the batch).
 """
 from __future__ import annotations
 
@@ -135,7 +137,9 @@ def _stream_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> to
 def subsample_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """`subsample` in channels-last layout, one stream at a time (see the module docstring)."""
     b = mel.shape[0]
-    full = torch.full((b,), mel.shape[1], dtype=torch.int64, device=mel.device)
-    lengths_out = subsampled_length(full if lengths is None else lengths)
+    if lengths is None:
+        lengths_out = torch.full((b,), subsampled_length(mel.shape[1]), dtype=torch.int64, device=mel.device)
+    else:
+        lengths_out = subsampled_length(lengths)
     x = torch.cat([_stream_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)])
     return linear(x, w, "out.weight", "out.bias"), lengths_out
