@@ -10,6 +10,8 @@ Providers, each the whole step the engine pays for (enc [N, 7, 1024] in, token l
 - `cuda`: `greedy_decode_pool`: the joint's encoder projection (cuBLAS), the kernel (one launch), one device-to-host
   copy; `kernel_us` in the table and `extra_info` is the kernel alone (median of `roofline.time_cuda`, or of CUDA
   events where triton is missing);
+- `grid`: the same with `kernel="grid"`: every block of the GPU on every stream (a cooperative launch, up to 8
+  streams in lock step per group), for few streams, where `cuda`'s one block per stream leaves the GPU idle;
 - `torch`: `greedy_decode_pool(impl="torch")`, the host-sync-free torch twin (T * max_symbols masked iterations);
 - `ref`: the engine's former path: gather the state, reference `greedy_decode`, scatter it back.
 The pytest-benchmark time is the host wall time of a call (each provider returns host lists, so it has synced).
@@ -43,7 +45,7 @@ STREAMS = [1, 16, 64, 256, 1024]
 FRAMES = 7  # R + 1 at R = 6
 POOL = 1024 + 64
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PROVIDERS = ["cuda", "torch", "ref"]
+PROVIDERS = ["cuda", "grid", "torch", "ref"]
 
 _ROWS: list[dict] = []
 
@@ -138,18 +140,21 @@ def test_decode_step(benchmark, table, dtype, n_streams, provider):
             cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots] = st.h, st.c, st.label, st.pred
             return toks
     else:
+        impl = "torch" if provider == "torch" else "cuda"
+        kernel = "grid" if provider == "grid" else "blocked"
+
         def step():
-            return greedy_decode_pool(model, enc, lengths, cache, slots, offsets, impl=provider)[0]
+            return greedy_decode_pool(model, enc, lengths, cache, slots, offsets, impl=impl, kernel=kernel)[0]
 
     labels = sum(map(len, step()))
     benchmark.group = f"{dtype} N={n_streams}"
     benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1)
     kernel_us = "-"
-    if provider == "cuda":
+    if provider in ("cuda", "grid"):
         f = F.linear(enc, model.joint["enc.weight"], model.joint["enc.bias"]).contiguous()
         seconds = _time_cuda(lambda: _ext.rnnt_greedy(
             f, lengths, slots, offsets, cache.h, cache.c, cache.pred, cache.label, model.dec, model.joint,
-            max_symbols=cfg.max_symbols, blank_id=cfg.blank_id))
+            max_symbols=cfg.max_symbols, blank_id=cfg.blank_id, kernel=kernel))
         kernel_us = f"{seconds * 1e6:.0f}"
     step_s = benchmark.stats.stats.median
     _ROWS.append({"case": f"{provider} {dtype} N={n_streams}", "us": step_s * 1e6, "kernel_us": kernel_us,

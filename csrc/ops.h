@@ -73,6 +73,27 @@ int rnnt_greedy(std::uintptr_t f,             // [B, T, J] joint.enc(enc), dtype
                 int64_t n_streams, int64_t n_frames, int64_t pool_size, int64_t embed_dim, int64_t hidden,
                 int64_t joint_hidden, int64_t n_classes, int64_t blank, int64_t max_symbols,
                 int64_t streams_per_block,    // 0: auto, or 1, 2, 4
-                std::uintptr_t stream);       // cudaStream_t
+                std::uintptr_t stream);
+
+// The same step on every block of the GPU at once (rnnt_greedy_grid_kernel, a cooperative launch): up to 8 streams
+// per group decode in lock step, groups one after another, each matrix-vector product spread over the whole grid.
+// Same arguments as rnnt_greedy, then a float workspace of at least rnnt_grid_workspace_bytes(...) bytes (its
+// contents need no initialisation), streams per group (0: auto, or 1, 2, 4, 8), grid blocks (0: one per SM) and
+// threads per block (0: 256, the most). Bit-identical results to rnnt_greedy. Returns {blocks launched, streams per group}.
+std::vector<int64_t> rnnt_greedy_grid(std::uintptr_t f, std::uintptr_t lengths, std::uintptr_t slots,
+                                      std::uintptr_t frame_offset, std::uintptr_t h, std::uintptr_t c,
+                                      std::uintptr_t pred, std::uintptr_t label, std::uintptr_t embed,
+                                      const std::vector<std::uintptr_t>& w_ih, const std::vector<std::uintptr_t>& w_hh,
+                                      const std::vector<std::uintptr_t>& b_ih, const std::vector<std::uintptr_t>& b_hh,
+                                      std::uintptr_t pred_w, std::uintptr_t pred_b, std::uintptr_t out_w,
+                                      std::uintptr_t out_b, std::uintptr_t tokens, std::uintptr_t frames,
+                                      std::uintptr_t counts, int dtype, int64_t n_streams, int64_t n_frames,
+                                      int64_t pool_size, int64_t embed_dim, int64_t hidden, int64_t joint_hidden,
+                                      int64_t n_classes, int64_t blank, int64_t max_symbols,
+                                      std::uintptr_t workspace, int64_t workspace_bytes, int64_t streams_per_group,
+                                      int64_t grid_blocks, int64_t threads, std::uintptr_t stream);
+
+// Bytes of workspace rnnt_greedy_grid needs (arithmetic only; no device needed).
+int64_t rnnt_grid_workspace_bytes(int64_t layers, int64_t hidden, int64_t joint_hidden, int64_t streams_per_group);       // cudaStream_t
 
 }  // namespace nemotron

@@ -269,7 +269,8 @@ def write_rows_ref(pool: torch.Tensor, src: torch.Tensor, stream_idx: torch.Tens
 
 def rnnt_greedy(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, frame_offset: torch.Tensor,
                 h: torch.Tensor, c: torch.Tensor, pred: torch.Tensor, label: torch.Tensor, dec: dict, joint: dict, *,
-                max_symbols: int, blank_id: int, streams_per_block: int = 0
+                max_symbols: int, blank_id: int, streams_per_block: int = 0, kernel: str = "blocked",
+                grid_blocks: int = 0, threads: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy RNN-T decoding of one step for B streams in one launch (CUDA kernel); no host synchronisation.
 
@@ -307,7 +308,16 @@ def rnnt_greedy(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, fra
         The blank class, in [0, V1).
     streams_per_block : int
         0 picks it from B and the device; 1, 2 or 4 forces it (the scalar path, for sizes not multiples of 4,
-        always runs 1).
+        always runs 1). With kernel="grid": the streams decoded together per group, 0 (auto), 1, 2, 4 or 8.
+    kernel : str
+        "blocked" (the default): one block per stream, or per 2 or 4 streams. "grid": every block of the GPU works
+        on every stream (a cooperative launch; up to 8 streams in lock step, groups one after another), for few
+        streams, where one block per stream leaves the GPU idle and reads every weight from one SM. Both give the
+        same results bit for bit; "grid" has been checked under the CPU emulator only (tests/test_decoder_cuda.py),
+        not yet on a GPU, so it is not the engine's default.
+    grid_blocks, threads : int
+        kernel="grid" only: blocks (0: one per SM; at most what can be resident at once) and threads per block
+        (0: 256; a multiple of 32, at most 256).
 
     Returns
     -------
@@ -351,8 +361,20 @@ def rnnt_greedy(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, fra
             raise ValueError(f"{op}: {name} must be contiguous, got stride {list(x.stride())}")
     if isinstance(max_symbols, bool) or not isinstance(max_symbols, int) or max_symbols < 1:
         raise ValueError(f"{op}: max_symbols must be an int >= 1, got {max_symbols!r}")
-    if streams_per_block not in (0, 1, 2, 4):
+    if kernel not in ("blocked", "grid"):
+        raise ValueError(f"{op}: kernel must be 'blocked' or 'grid', got {kernel!r}")
+    if kernel == "blocked" and streams_per_block not in (0, 1, 2, 4):
         raise ValueError(f"{op}: streams_per_block must be 0 (auto), 1, 2 or 4, got {streams_per_block!r}")
+    if kernel == "grid":
+        if streams_per_block not in (0, 1, 2, 4, 8):
+            raise ValueError(f"{op}: with kernel='grid', streams_per_block (streams per group) must be 0 (auto), 1, 2, "
+                             f"4 or 8, got {streams_per_block!r}")
+        if isinstance(grid_blocks, bool) or not isinstance(grid_blocks, int) or not 0 <= grid_blocks <= 1024:
+            raise ValueError(f"{op}: grid_blocks must be an int in [0, 1024] (0: one block per SM), got "
+                             f"{grid_blocks!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not (
+                threads == 0 or (32 <= threads <= 256 and threads % 32 == 0)):
+            raise ValueError(f"{op}: threads must be 0 (auto) or a multiple of 32 in [32, 256], got {threads!r}")
     lstm_names = [f"lstm.{l}.{k}" for l in range(layers) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
     missing = [n for n in ["embed", *lstm_names] if n not in dec]
     if missing:
@@ -397,28 +419,36 @@ def rnnt_greedy(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, fra
     tokens = torch.empty(b, t * max_symbols, dtype=torch.int32, device=dev)
     frames = torch.empty(b, t * max_symbols, dtype=torch.int32, device=dev)
     counts = torch.empty(b, dtype=torch.int32, device=dev)
+    args = (f.data_ptr(), lengths.data_ptr(), slots.data_ptr(), frame_offset.data_ptr(), h.data_ptr(), c.data_ptr(),
+            pred.data_ptr(), label.data_ptr(), embed.data_ptr(), [x.data_ptr() for x in lstm[0::4]],
+            [x.data_ptr() for x in lstm[1::4]], [x.data_ptr() for x in lstm[2::4]], [x.data_ptr() for x in lstm[3::4]],
+            jw["pred.weight"].data_ptr(), jw["pred.bias"].data_ptr(), jw["out.weight"].data_ptr(),
+            jw["out.bias"].data_ptr(), tokens.data_ptr(), frames.data_ptr(), counts.data_ptr(),
+            _dtype_code(ext, f.dtype), b, t, s, e, hidden, j, n_classes, blank_id, max_symbols)
     with torch.cuda.device(dev):
-        ext.rnnt_greedy(f.data_ptr(), lengths.data_ptr(), slots.data_ptr(), frame_offset.data_ptr(), h.data_ptr(),
-                        c.data_ptr(), pred.data_ptr(), label.data_ptr(), embed.data_ptr(),
-                        [x.data_ptr() for x in lstm[0::4]], [x.data_ptr() for x in lstm[1::4]],
-                        [x.data_ptr() for x in lstm[2::4]], [x.data_ptr() for x in lstm[3::4]],
-                        jw["pred.weight"].data_ptr(), jw["pred.bias"].data_ptr(), jw["out.weight"].data_ptr(),
-                        jw["out.bias"].data_ptr(), tokens.data_ptr(), frames.data_ptr(), counts.data_ptr(),
-                        _dtype_code(ext, f.dtype), b, t, s, e, hidden, j, n_classes, blank_id, max_symbols,
-                        streams_per_block, torch.cuda.current_stream(dev).cuda_stream)
+        cuda_stream = torch.cuda.current_stream(dev).cuda_stream
+        if kernel == "blocked":
+            ext.rnnt_greedy(*args, streams_per_block, cuda_stream)
+        else:
+            group = streams_per_block or next(g for g in (1, 2, 4, 8) if g >= min(b, 8))
+            n_bytes = ext.rnnt_grid_workspace_bytes(layers, hidden, j, group)
+            workspace = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev)  # needs no initialisation
+            ext.rnnt_greedy_grid(*args, workspace.data_ptr(), n_bytes, group, grid_blocks, threads, cuda_stream)
     return tokens, frames, counts
 
 
 def rnnt_greedy_ref(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, frame_offset: torch.Tensor,
                     h: torch.Tensor, c: torch.Tensor, pred: torch.Tensor, label: torch.Tensor, dec: dict,
-                    joint: dict, *, max_symbols: int, blank_id: int, streams_per_block: int = 0
+                    joint: dict, *, max_symbols: int, blank_id: int, streams_per_block: int = 0,
+                    kernel: str = "blocked", grid_blocks: int = 0, threads: int = 0
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference for `rnnt_greedy`, any device and dtype, same arguments, outputs and in-place state update.
 
     The batched frame-synchronous loop of `greedy_decode` with its early exits replaced by masks, so it never
     synchronises with the host (T * max_symbols joint and LSTM evaluations over all B streams). It runs the same
     torch ops on the same batch as `greedy_decode`, so on one device the two agree bit for bit.
-    `streams_per_block` is ignored. Slots outside the pool get counts[b] = -1, as in the kernel.
+    `streams_per_block`, `kernel`, `grid_blocks` and `threads` are ignored. Slots outside the pool get
+    counts[b] = -1, as in the kernel.
     """
     from .reference.decoder import joint_logits, predict
 

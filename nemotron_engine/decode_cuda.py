@@ -34,12 +34,14 @@ def greedy_decode_pool(
     *,
     impl: str = "cuda",
     streams_per_block: int = 0,
+    kernel: str = "blocked",
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Greedy RNN-T over the step's frames for every stream -> (tokens per stream, global frame per token).
 
     The decoder state of stream b (cache.h, cache.c, cache.pred, cache.label at slots[b]) is updated in place; a
     stream with lengths[b] == 0 is left untouched. Same results as `greedy_decode` on the gathered state.
-    impl: "cuda" (the kernel; CUDA tensors, float32 or bfloat16) or "torch" (any device).
+    impl: "cuda" (the kernel; CUDA tensors, float32 or bfloat16) or "torch" (any device). kernel: which CUDA kernel
+    ("blocked" or "grid", see `_ext.rnnt_greedy`); streams_per_block: passed on.
 
     >>> toks, stamps = greedy_decode_pool(engine.model, enc, enc_len, engine.cache, slots, offsets)
     """
@@ -57,7 +59,7 @@ def greedy_decode_pool(
     op = _ext.rnnt_greedy if impl == "cuda" else _ext.rnnt_greedy_ref
     tokens, frames, counts = op(f, lengths, slots, frame_offset, cache.h, cache.c, cache.pred, cache.label,
                                 model.dec, model.joint, max_symbols=cfg.max_symbols, blank_id=cfg.blank_id,
-                                streams_per_block=streams_per_block)
+                                streams_per_block=streams_per_block, kernel=kernel)
     # the step's one device -> host copy: counts, tokens and frames side by side
     host = torch.cat([counts.view(b, 1).to(torch.int32), tokens, frames], dim=1).cpu().numpy()  # [B, 1 + 2N]
     n_out = tokens.shape[1]

@@ -300,8 +300,11 @@ def emu_lib():
 
 
 def rnnt_greedy_emu(f, lengths, slots, frame_offset, h, c, pred, label, dec, joint, *, max_symbols, blank_id,
-                    streams_per_block=1, threads=64, schedule=0):
-    """`_ext.rnnt_greedy` with the kernel run on the CPU (CPU tensors, contiguous); same outputs."""
+                    streams_per_block=1, threads=64, schedule=0, grid_blocks=0):
+    """`_ext.rnnt_greedy` with the kernel run on the CPU (CPU tensors, contiguous); same outputs.
+
+    grid_blocks >= 1 runs the grid-wide kernel (`kernel="grid"`) on that many blocks, all resident at once as under a
+    cooperative launch, streams_per_block streams per group (1, 2, 4 or 8)."""
     lib = emu_lib()
     b, t, j = f.shape
     layers, s, hidden = h.shape
@@ -320,7 +323,7 @@ def rnnt_greedy_emu(f, lengths, slots, frame_offset, h, c, pred, label, dec, joi
     ptrs = (ctypes.c_uint64 * len(tensors))(*[x.data_ptr() for x in tensors])
     err = ctypes.create_string_buffer(512)
     rc = lib.nemotron_rnnt_greedy_emu(sizes, ptrs, 0 if f.dtype == torch.float32 else 1, streams_per_block, int(vec),
-                                      threads, schedule, err, 512)
+                                      threads, grid_blocks, schedule, err, 512)
     assert rc == 0, err.value.decode()
     return tokens, frames, counts
 
@@ -420,6 +423,77 @@ def test_kernel_emulated_ties(dtype):
     check_ties(rnnt_greedy_emu, dtype, "cpu", streams_per_block=2)
 
 
+BLOCKS_IN_TURN = 3  # emu::kBlocksInTurn
+GRID_EMU_CASES = [
+    # size, dtype, B, T, streams per group, threads, blocks
+    ("small", torch.float32, 1, 6, 1, 64, 3),
+    ("small", torch.float32, 5, 5, 2, 32, 4),  # 3 groups; one warp per block reduces every stream's argmax
+    ("small", torch.float32, 9, 4, 8, 64, 2),  # 2 groups, the second partly empty
+    ("odd", torch.float32, 6, 5, 1, 64, 2),  # the scalar path
+    ("deep", torch.float32, 7, 4, 4, 96, 3),  # 3 LSTM layers
+    ("small", torch.bfloat16, 9, 5, 4, 64, 3),
+    ("deep", torch.bfloat16, 5, 4, 8, 32, 5),
+]
+
+
+@pytest.mark.parametrize("size,dtype,b,t,g,threads,blocks",
+                         [pytest.param(*c, id="{}-{}-B{}-T{}-G{}-thr{}-P{}".format(c[0], DTYPE_IDS[c[1]], *c[2:]))
+                          for c in GRID_EMU_CASES])
+def test_grid_kernel_emulated_on_cpu(size, dtype, b, t, g, threads, blocks):
+    """The grid-wide kernel's source on the CPU, every block resident as under a cooperative launch: against the
+    reference; bit for bit the per-stream kernel's tokens and state; the same under four thread schedules (a
+    missing barrier, block-level or grid-wide, shows up as a difference; BLOCKS_IN_TURN lets each block run up to
+    its next grid barrier before the next block starts)."""
+    torch.manual_seed(0)
+    model = make_model(size, dtype, "cpu")
+    pool0, enc, lengths, slots, offset, kinds = make_step(model, b, t, seed=1)
+    blocked = clone_pool(pool0)
+    want = run_op(rnnt_greedy_emu, model, blocked, enc, lengths, slots, offset, streams_per_block=1)
+    for schedule in (0, 1, 2, BLOCKS_IN_TURN):
+        pool = clone_pool(pool0)
+        got = run_op(rnnt_greedy_emu, model, pool, enc, lengths, slots, offset, streams_per_block=g, threads=threads,
+                     schedule=schedule, grid_blocks=blocks)
+        assert torch.equal(got[2], want[2]), f"counts {got[2].tolist()} != {want[2].tolist()} (schedule {schedule})"
+        assert as_lists(*got) == as_lists(*want), f"schedule {schedule}"
+        for name in ("h", "c", "pred", "label"):
+            assert torch.equal(getattr(pool, name), getattr(blocked, name)), f"{name} (schedule {schedule})"
+    toks, stamps = as_lists(*got)
+    check_step(model, pool0, pool, enc, lengths, slots, offset, toks, stamps, kinds)
+
+
+def test_grid_kernel_emulated_split_step_bad_slot_and_ties():
+    """The grid-wide kernel: two launches equal one bit for bit; a slot outside the pool gets counts -1 and writes
+    nothing; ties go to the lower index as in the reference."""
+    model = make_model("small", torch.float32, "cpu")
+    pool0, enc, lengths, slots, offset, _ = make_step(model, 6, 7, seed=2)
+    grid = dict(grid_blocks=3, streams_per_block=4)
+    whole = clone_pool(pool0)
+    out = as_lists(*run_op(rnnt_greedy_emu, model, whole, enc, lengths, slots, offset, **grid))
+    split = clone_pool(pool0)
+    first = as_lists(*run_op(rnnt_greedy_emu, model, split, enc[:, :3].contiguous(), lengths.clamp(max=3), slots,
+                             offset, **grid))
+    second = as_lists(*run_op(rnnt_greedy_emu, model, split, enc[:, 3:].contiguous(), (lengths - 3).clamp(min=0),
+                              slots, offset + 3, grid_blocks=2, streams_per_block=2))
+    assert [a + b for a, b in zip(first[0], second[0])] == out[0]
+    assert [a + b for a, b in zip(first[1], second[1])] == out[1]
+    for name in ("h", "c", "pred", "label"):
+        assert torch.equal(getattr(split, name), getattr(whole, name)), name
+
+    pool0, enc, lengths, slots, offset, kinds = make_step(model, 3, 4, seed=3)
+    slots = slots.clone()
+    slots[1] = pool0.h.shape[1] + 5
+    pool = clone_pool(pool0)
+    tokens, frames, counts = run_op(rnnt_greedy_emu, model, pool, enc, lengths, slots, offset, **grid)
+    assert int(counts[1]) == -1
+    toks, stamps = as_lists(tokens, frames, counts)
+    ok = [0, 2]
+    check_step(model, pool0, pool, enc[ok], lengths[ok], slots[ok], offset[ok], [toks[i] for i in ok],
+               [stamps[i] for i in ok], [kinds[i] for i in ok])
+
+    for dtype in (torch.float32, torch.bfloat16):
+        check_ties(rnnt_greedy_emu, dtype, "cpu", **grid)
+
+
 # ---- the torch twin and the pool-level API (CPU) ------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b", [1, 3, 17])
@@ -484,6 +558,12 @@ def test_wrapper_rejects_bad_arguments():
     raises(r"label must have shape \[S\] = \[10\], got \[3\]", label=a["label"][:3])
     raises("max_symbols must be an int >= 1, got 0", max_symbols=0)
     raises("streams_per_block must be 0 \\(auto\\), 1, 2 or 4, got 3", streams_per_block=3)
+    raises("kernel must be 'blocked' or 'grid', got 'warp'", kernel="warp")
+    raises("streams_per_block must be 0 \\(auto\\), 1, 2 or 4, got 8", streams_per_block=8)
+    raises(r"with kernel='grid', streams_per_block \(streams per group\) must be 0 \(auto\), 1, 2, 4 or 8, got 3",
+           kernel="grid", streams_per_block=3)
+    raises(r"grid_blocks must be an int in \[0, 1024\] \(0: one block per SM\), got -1", kernel="grid", grid_blocks=-1)
+    raises(r"threads must be 0 \(auto\) or a multiple of 32 in \[32, 256\], got 48", kernel="grid", threads=48)
     raises(r"blank_id must be an int in \[0, 13\) \(dec\['embed'\] has 13 rows\), got 13", blank_id=13)
     raises(r"dec lacks \['lstm.1.w_ih'", dec={k: v for k, v in model.dec.items() if k != "lstm.1.w_ih"})
     raises(r"joint lacks \['out.bias'\]", joint={k: v for k, v in model.joint.items() if k != "out.bias"})
@@ -510,6 +590,23 @@ def test_kernel_without_gpu_raises_runtime_error():
     with pytest.raises(RuntimeError, match=r"no CUDA device available \(cudaGetDeviceCount"):
         c.rnnt_greedy(0, 0, 0, 0, 0, 0, 0, 0, 0, [0], [0], [0], [0], 0, 0, 0, 0, 0, 0, 0, c.DTYPE_FLOAT32, 1, 1, 1,
                       1, 1, 1, 2, 1, 1, 0, 0)
+    with pytest.raises(RuntimeError, match=r"no CUDA device available \(cudaGetDeviceCount"):
+        c.rnnt_greedy_grid(0, 0, 0, 0, 0, 0, 0, 0, 0, [0], [0], [0], [0], 0, 0, 0, 0, 0, 0, 0, c.DTYPE_FLOAT32, 1, 1,
+                           1, 1, 1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 0)
+
+
+def test_grid_workspace_bytes():
+    """The grid kernel's workspace size (arithmetic in the extension, no device): h ping-pong [2, L, G, HP], c
+    [L, G, HP], pred [G, JP], and each block's argmax for two iterations [2, 1024, G] float + int."""
+    c = _ext.load_extension()
+    if c is None:
+        pytest.fail(f"the extension is not built here ({_ext.extension_error()}); CI builds it with nvcc")
+    hp, jp = 640, 640
+    for g in (1, 2, 4, 8):
+        assert c.rnnt_grid_workspace_bytes(2, 640, 640, g) == 4 * (3 * 2 * g * hp + g * jp + 4 * 1024 * g)
+    assert c.rnnt_grid_workspace_bytes(1, 10, 18, 1) == 4 * (3 * 12 + 20 + 4 * 1024)
+    with pytest.raises(ValueError, match="streams_per_group must be 1, 2, 4 or 8, got 3"):
+        c.rnnt_grid_workspace_bytes(2, 640, 640, 3)
 
 
 # ---- the kernel on the GPU ----------------------------------------------------------------------------------------
@@ -549,6 +646,63 @@ def test_rnnt_greedy_gpu_streams_per_block_agree(size, dtype):
         for name in ("h", "c", "pred", "label"):
             assert torch.equal(getattr(p2, name), getattr(pool, name)), name
     check_step(model, pool0, pool, enc, lengths, slots, offset, toks, stamps, kinds)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size,b", [pytest.param(s, b, id=f"{s}-B{b}") for s, b in (
+    ("small", 1), ("small", 17), ("odd", 3), ("deep", 5), ("nemotron", 1), ("nemotron", 4), ("nemotron", 8),
+    ("nemotron", 17))])
+def test_rnnt_greedy_gpu_grid_kernel(size, b, dtype):
+    """kernel="grid" (cooperative launch, every block on every stream) == the per-stream kernel bit for bit, for
+    every group size, grid size and block size tried, and against the reference."""
+    model = make_model(size, dtype, "cuda")
+    pool0, enc, lengths, slots, offset, kinds = make_step(model, b, 7, seed=20 + b)
+    blocked = clone_pool(pool0)
+    want = as_lists(*run_op(_ext.rnnt_greedy, model, blocked, enc, lengths, slots, offset, streams_per_block=1))
+    vec = size != "odd"
+    variants = [dict(), dict(grid_blocks=1, threads=64), dict(grid_blocks=7, threads=224)]
+    variants += [dict(streams_per_block=g, grid_blocks=0, threads=256) for g in ((1, 2, 4, 8) if vec else (1,))]
+    for kw in variants:
+        pool = clone_pool(pool0)
+        got = as_lists(*run_op(_ext.rnnt_greedy, model, pool, enc, lengths, slots, offset, kernel="grid", **kw))
+        assert got == want, kw
+        for name in ("h", "c", "pred", "label"):
+            assert torch.equal(getattr(pool, name), getattr(blocked, name)), (name, kw)
+    check_step(model, pool0, blocked, enc, lengths, slots, offset, *want, kinds)
+
+
+@pytest.mark.gpu
+def test_rnnt_greedy_gpu_grid_kernel_edges():
+    """kernel="grid": ties, a bad slot, B = 0, T = 0, and a grid larger than can be resident (ValueError)."""
+    for dtype in (torch.float32, torch.bfloat16):
+        check_ties(_ext.rnnt_greedy, dtype, "cuda", kernel="grid")
+    model = make_model("small", torch.float32, "cuda")
+    pool0, enc, lengths, slots, offset, kinds = make_step(model, 3, 4, seed=9)
+    slots = slots.clone()
+    slots[1] = -1
+    pool = clone_pool(pool0)
+    tokens, frames, counts = run_op(_ext.rnnt_greedy, model, pool, enc, lengths, slots, offset, kernel="grid")
+    assert int(counts[1]) == -1
+    toks, stamps = as_lists(tokens, frames, counts)
+    ok = [0, 2]
+    check_step(model, pool0, pool, enc[ok], lengths[ok], slots[ok], offset[ok], [toks[i] for i in ok],
+               [stamps[i] for i in ok], [kinds[i] for i in ok])
+    tokens, frames, counts = run_op(_ext.rnnt_greedy, model, pool, enc[:0], lengths[:0], slots[:0], offset[:0],
+                                    kernel="grid")
+    assert counts.shape == (0,)
+    pool = clone_pool(pool0)
+    tokens, frames, counts = run_op(_ext.rnnt_greedy, model, pool, enc[:, :0].contiguous(), lengths, slots, offset,
+                                    kernel="grid")
+    assert counts.tolist() == [0, -1, 0] and tokens.shape == (3, 0)
+    for name in ("h", "c", "pred", "label"):
+        assert torch.equal(getattr(pool, name), getattr(pool0, name)), name
+    props = torch.cuda.get_device_properties(0)
+    resident_max = props.max_threads_per_multi_processor // 256 * props.multi_processor_count
+    assert resident_max < 1024, f"this device could hold {resident_max} blocks of 256 threads: pick a larger ask"
+    with pytest.raises(ValueError, match=r"grid_blocks=1024 is outside \[1, \d+\]"):
+        run_op(_ext.rnnt_greedy, model, clone_pool(pool0), enc, lengths, slots, offset, kernel="grid",
+               grid_blocks=1024, threads=256)
 
 
 @pytest.mark.gpu

@@ -1,17 +1,19 @@
 // A CPU emulation of the few CUDA features the kernels in csrc/include/nemotron use, for checking kernel logic on
 // a machine without a GPU (tests/test_decoder_cuda.py). Not part of the extension build.
 //
-// Every CUDA thread of a block is a fiber (ucontext) run by one OS thread; blocks run one after another. A fiber
-// runs until it reaches a barrier (__syncthreads, or the warp exchange inside warp_allreduce_xor); when every
-// fiber is blocked, the barriers whose participants have all arrived are released. A barrier that can never be
+// Every CUDA thread of a block is a fiber (ucontext) run by one OS thread; blocks run one after another, or, for
+// launch_cooperative, all at once. A fiber runs until it reaches a barrier (__syncthreads, a warp exchange inside
+// warp_allreduce_xor or shfl_xor, or grid_sync); when every fiber is blocked, the barriers whose participants have all
+// arrived are released. A barrier that can never be
 // released (threads of one block waiting at different barriers, or a barrier after some threads returned) is
 // reported as an error instead of hanging. The order in which fibers run between barriers is forward, reversed or
 // shuffled (the `schedule` argument of launch): a missing __syncthreads shows up as results that depend on it.
 // Shared memory starts filled with NaN bytes, so a read before a write shows up too.
 //
 // Supported: threadIdx.x, blockIdx.x, blockDim.x, gridDim.x, __syncthreads, dynamic shared memory
-// (emu::shared_memory), __fadd_rn / __fmul_rn, and warp sums through emu::warp_allreduce_xor (the same butterfly
-// order as a __shfl_xor_sync loop with m = 16, 8, 4, 2, 1).
+// (emu::shared_memory), __fadd_rn / __fmul_rn, warp sums through emu::warp_allreduce_xor (the same butterfly
+// order as a __shfl_xor_sync loop with m = 16, 8, 4, 2, 1), emu::shfl_xor (__shfl_xor_sync over a full warp) and
+// emu::grid_sync (cooperative_groups::this_grid().sync(), under launch_cooperative only).
 #pragma once
 
 #include <ucontext.h>
@@ -39,7 +41,7 @@ struct dim3 {
 
 namespace emu {
 
-enum class Wait { kNone, kBlock, kWarp, kDone };
+enum class Wait { kNone, kBlock, kWarp, kGrid, kDone };
 
 struct Fiber {
   ucontext_t ctx;
@@ -54,6 +56,7 @@ struct Block {
   std::vector<unsigned char> smem;
   std::vector<float> warp_buf;  // [warps, 32, kMaxReduce]
   const std::function<void()>* body = nullptr;
+  bool cooperative = false;
 };
 
 constexpr int kMaxReduce = 64;
@@ -95,6 +98,26 @@ inline void warp_allreduce_xor(float* v, int n) {
     v[i] = vals[lane];
   }
   yield(Wait::kWarp);  // every lane has read buf before it is reused
+}
+
+// __shfl_xor_sync(0xffffffff, v, m): lane l gets lane (l ^ m)'s v.
+template <typename V>
+V shfl_xor(V v, int m) {
+  static_assert(sizeof(V) == sizeof(float), "emu: shfl_xor of 4-byte values only");
+  const unsigned tid = g_block->current;
+  const unsigned warp = tid / 32, lane = tid % 32;
+  float* buf = g_block->warp_buf.data() + static_cast<size_t>(warp) * 32 * kMaxReduce;
+  std::memcpy(&buf[lane * kMaxReduce], &v, sizeof(v));
+  yield(Wait::kWarp);
+  V out;
+  std::memcpy(&out, &buf[(lane ^ static_cast<unsigned>(m)) * kMaxReduce], sizeof(out));
+  yield(Wait::kWarp);
+  return out;
+}
+
+inline void grid_sync() {
+  if (!g_block->cooperative) throw std::logic_error("emu: grid_sync outside launch_cooperative");
+  yield(Wait::kGrid);
 }
 
 inline void fiber_entry() {
@@ -169,6 +192,109 @@ inline void launch(unsigned grid, unsigned block, size_t smem_bytes, const std::
       }
     }
     g_block = nullptr;
+  }
+}
+
+// Releases the warp exchanges and the __syncthreads of one block whose threads have all arrived; true if any.
+inline bool release_block(Block& blk, unsigned block) {
+  bool released = false;
+  unsigned at_block = 0;
+  for (auto& f : blk.fibers) at_block += f.wait == Wait::kBlock;
+  for (unsigned w = 0; w < block / 32; ++w) {
+    bool all = true;
+    for (unsigned l = 0; l < 32; ++l) all = all && blk.fibers[w * 32 + l].wait == Wait::kWarp;
+    if (all) {
+      for (unsigned l = 0; l < 32; ++l) blk.fibers[w * 32 + l].wait = Wait::kNone;
+      released = true;
+    }
+  }
+  if (at_block == block) {
+    for (auto& f : blk.fibers) f.wait = Wait::kNone;
+    released = true;
+  }
+  return released;
+}
+
+// Schedule for launch_cooperative: the blocks in turn, last block first, each run until all of its threads wait at
+// grid_sync (or returned) before the next block runs: one block far ahead of another, as can happen on a GPU.
+constexpr unsigned kBlocksInTurn = 3;
+
+// Runs body() as grid x block CUDA threads with every block resident at once, as cudaLaunchCooperativeKernel does:
+// fibers of all blocks interleave (schedule 0 forward, 1 reversed, kBlocksInTurn, others shuffled with that seed),
+// and grid_sync releases when every thread of every block has reached it. Throws std::runtime_error on a barrier
+// that cannot be released.
+inline void launch_cooperative(unsigned grid, unsigned block, size_t smem_bytes, const std::function<void()>& body,
+                               unsigned schedule) {
+  if (block == 0 || block % 32 != 0) throw std::runtime_error("emu: blockDim.x must be a positive multiple of 32");
+  std::mt19937 rng(schedule);
+  std::vector<Block> blocks(grid);
+  for (unsigned b = 0; b < grid; ++b) {
+    Block& blk = blocks[b];
+    blk.body = &body;
+    blk.cooperative = true;
+    blk.smem.assign(smem_bytes + 16, 0xFF);  // NaN floats, -1 ints
+    blk.warp_buf.assign(static_cast<size_t>(block / 32) * 32 * kMaxReduce, 0.f);
+    blk.fibers.resize(block);
+    for (unsigned i = 0; i < block; ++i) {
+      Fiber& f = blk.fibers[i];
+      f.stack.resize(128 * 1024);
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack.data();
+      f.ctx.uc_stack.ss_size = f.stack.size();
+      f.ctx.uc_link = nullptr;
+      makecontext(&f.ctx, fiber_entry, 0);
+    }
+  }
+  g_block_dim.x = block;
+  g_grid_dim.x = grid;
+  auto run = [&](unsigned b, unsigned i) {
+    Block& blk = blocks[b];
+    if (blk.fibers[i].wait != Wait::kNone) return;
+    g_block = &blk;
+    g_block_idx.x = b;
+    blk.current = i;
+    g_thread_idx.x = i;
+    swapcontext(&blk.scheduler, &blk.fibers[i].ctx);
+    g_block = nullptr;
+  };
+  std::vector<std::pair<unsigned, unsigned>> order;
+  for (unsigned b = 0; b < grid; ++b) {
+    for (unsigned i = 0; i < block; ++i) order.emplace_back(b, i);
+  }
+  if (schedule == 1) std::reverse(order.begin(), order.end());
+  const size_t total = order.size();
+  while (true) {
+    bool released = false;
+    if (schedule == kBlocksInTurn) {
+      for (unsigned b = grid; b-- > 0;) {
+        do {
+          for (unsigned i = 0; i < block; ++i) run(b, i);
+        } while (release_block(blocks[b], block));
+      }
+    } else {
+      if (schedule >= 2) std::shuffle(order.begin(), order.end(), rng);
+      for (const auto& [b, i] : order) run(b, i);
+      for (auto& blk : blocks) released = release_block(blk, block) || released;
+    }
+    size_t done = 0, at_grid = 0;
+    for (auto& blk : blocks) {
+      for (auto& f : blk.fibers) {
+        done += f.wait == Wait::kDone;
+        at_grid += f.wait == Wait::kGrid;
+      }
+    }
+    if (done == total) break;
+    if (!released && at_grid == total) {
+      for (auto& blk : blocks) {
+        for (auto& f : blk.fibers) f.wait = Wait::kNone;
+      }
+      released = true;
+    }
+    if (!released) {
+      throw std::runtime_error("emu: deadlock in a cooperative launch: " + std::to_string(done) +
+                               " threads returned, " + std::to_string(at_grid) + " at grid_sync, " +
+                               std::to_string(total - done - at_grid) + " at __syncthreads or a warp exchange");
+    }
   }
 }
 

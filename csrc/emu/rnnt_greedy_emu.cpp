@@ -3,6 +3,9 @@
 //   g++ -std=c++17 -O1 -fno-strict-aliasing -shared -fPIC -Icsrc/include -Icsrc/emu csrc/emu/rnnt_greedy_emu.cpp
 #include "cuda_emu.h"
 
+#include <cstdio>
+#include <limits>
+
 #include "nemotron/rnnt_greedy.cuh"
 
 namespace {
@@ -34,6 +37,39 @@ void run_g(const nemotron::RnntGreedyParams& p, int g, bool vec, unsigned thread
   }
 }
 
+template <typename T, int G, bool kVec>
+void run_grid(const nemotron::RnntGreedyParams& p, unsigned threads, unsigned blocks, unsigned schedule) {
+  const nemotron::RnntGridWorkspace wl = nemotron::rnnt_grid_workspace(p.hidden, p.joint_hidden, p.n_layers, G);
+  std::vector<float> ws(static_cast<size_t>(wl.words), std::numeric_limits<float>::quiet_NaN());
+  const size_t smem = static_cast<size_t>(
+      nemotron::rnnt_grid_smem_bytes(p.embed_dim, p.hidden, p.joint_hidden, G, static_cast<int>(threads / 32)));
+  emu::launch_cooperative(blocks, threads, smem,
+                          [&] { nemotron::rnnt_greedy_grid_kernel<T, G, kVec>(p, ws.data()); }, schedule);
+}
+
+template <typename T, int G>
+void run_grid_vec(const nemotron::RnntGreedyParams& p, bool vec, unsigned threads, unsigned blocks,
+                  unsigned schedule) {
+  if (vec) {
+    run_grid<T, G, true>(p, threads, blocks, schedule);
+  } else {
+    run_grid<T, G, false>(p, threads, blocks, schedule);
+  }
+}
+
+template <typename T>
+void run_grid_g(const nemotron::RnntGreedyParams& p, int g, bool vec, unsigned threads, unsigned blocks,
+                unsigned schedule) {
+  if (blocks < 1 || blocks > nemotron::kRnntGridMaxBlocks) throw std::runtime_error("bad grid size");
+  switch (g) {
+    case 1: run_grid_vec<T, 1>(p, vec, threads, blocks, schedule); break;
+    case 2: run_grid_vec<T, 2>(p, vec, threads, blocks, schedule); break;
+    case 4: run_grid_vec<T, 4>(p, vec, threads, blocks, schedule); break;
+    case 8: run_grid_vec<T, 8>(p, vec, threads, blocks, schedule); break;
+    default: throw std::runtime_error("streams per group must be 1, 2, 4 or 8");
+  }
+}
+
 }  // namespace
 
 // sizes: B, T, L, S, E, H, J, V1, blank, max_symbols, max_out
@@ -41,8 +77,10 @@ void run_g(const nemotron::RnntGreedyParams& p, int g, bool vec, unsigned thread
 //       counts, then w_ih[L], w_hh[L], b_ih[L], b_hh[L]
 // dtype: 0 float32, 1 bfloat16. vec: use the 4-element load path (the caller checks sizes and alignment).
 // Returns 0, or -1 with a message in err.
+// grid_blocks == 0: rnnt_greedy_kernel with streams_per_block; grid_blocks >= 1: rnnt_greedy_grid_kernel on that many
+// blocks, launched cooperatively, streams_per_block streams per group.
 extern "C" int nemotron_rnnt_greedy_emu(const int64_t* sizes, const uintptr_t* ptrs, int dtype, int streams_per_block,
-                                        int vec, int threads, int schedule, char* err, int err_len) {
+                                        int vec, int threads, int grid_blocks, int schedule, char* err, int err_len) {
   try {
     nemotron::RnntGreedyParams p{};
     p.n_streams = sizes[0];
@@ -80,6 +118,16 @@ extern "C" int nemotron_rnnt_greedy_emu(const int64_t* sizes, const uintptr_t* p
       p.b_hh[l] = reinterpret_cast<const void*>(ptrs[16 + 3 * p.n_layers + l]);
     }
     if (p.n_streams == 0) return 0;
+    if (grid_blocks > 0) {
+      if (dtype == 0) {
+        run_grid_g<float>(p, streams_per_block, vec != 0, static_cast<unsigned>(threads),
+                          static_cast<unsigned>(grid_blocks), static_cast<unsigned>(schedule));
+      } else {
+        run_grid_g<nemotron::bf16>(p, streams_per_block, vec != 0, static_cast<unsigned>(threads),
+                                   static_cast<unsigned>(grid_blocks), static_cast<unsigned>(schedule));
+      }
+      return 0;
+    }
     if (dtype == 0) {
       run_g<float>(p, streams_per_block, vec != 0, static_cast<unsigned>(threads), static_cast<unsigned>(schedule));
     } else {

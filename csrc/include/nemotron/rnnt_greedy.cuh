@@ -28,6 +28,7 @@
 #include <cstring>
 
 #if !defined(NEMOTRON_CUDA_EMU)
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -555,6 +556,466 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
     if (tid == 0 && i_b[i] < p.n_streams) {
       p.counts[i_b[i]] = (valid & (1u << i)) ? count[i] : -1;
     }
+  }
+}
+
+// ---- The grid-wide variant: every block works on every stream ------------------------------------------------------
+//
+// Why: the kernel above gives each stream (or G streams) one block, so one SM reads every weight of the prediction
+// network and joint (~30 MB fp32 for Nemotron) per emitted label; with few streams the rest of the GPU idles and a
+// label costs about 0.5 ms (H100, stop 8). Here the rows of every matrix-vector product are spread over the warps of
+// the whole grid, which decodes up to G streams at a time in lock step; the phases that need a whole vector (the
+// argmax over the classes, the LSTM input and state, pred) are separated by grid-wide barriers, so the kernel must be
+// launched cooperatively (all blocks resident).
+//
+// Numerics: every dot product is the same warp_dots + warp_allreduce over the same lanes as in rnnt_greedy_kernel, and
+// every rounding is the same, so both kernels give bit-identical results (tests/test_decoder_cuda.py checks it).
+//
+// Per emitting iteration: 1 barrier after the joint (block argmaxes published), 1 per LSTM layer, 1 after pred;
+// an iteration where no stream emits has only the first. State between barriers lives in a float workspace in
+// global memory (RnntGridWorkspace); reads of what another block wrote go through ld_cg (L2, not the SM's L1).
+
+constexpr int kRnntGridMaxBlocks = 1024;
+// At most 256 threads per block: with 8 streams per group the kernel needs more than the 128 registers per thread
+// that 512 would leave (ptxas: spills at G = 4 and 8).
+constexpr int kRnntGridMaxThreads = 256;
+
+// Workspace layout, in 4-byte words (HP, JP: H, J rounded up to 4):
+//   h    [2, L, G, HP]  the LSTM hidden state of each stream, ping-pong (par[i] is the current one)
+//   c    [L, G, HP]     the cell state; unit u's entries are read and written by the warp that owns u only
+//   pred [G, JP]        joint.pred(h_top)
+//   best [2, kRnntGridMaxBlocks, G] float, idx [2, kRnntGridMaxBlocks, G] int: each block's argmax, by iteration parity
+struct RnntGridWorkspace {
+  int64_t hp, jp, o_h, o_c, o_pred, o_best, o_idx, words;
+};
+
+__host__ __device__ inline RnntGridWorkspace rnnt_grid_workspace(int64_t h, int64_t j, int64_t layers, int64_t g) {
+  RnntGridWorkspace w;
+  w.hp = round_up4(h);
+  w.jp = round_up4(j);
+  w.o_h = 0;
+  w.o_c = 2 * layers * g * w.hp;
+  w.o_pred = w.o_c + layers * g * w.hp;
+  w.o_best = w.o_pred + g * w.jp;
+  w.o_idx = w.o_best + 2 * int64_t{kRnntGridMaxBlocks} * g;
+  w.words = w.o_idx + 2 * int64_t{kRnntGridMaxBlocks} * g;
+  return w;
+}
+
+// Shared memory per block, in floats: per stream x [XP] (the joint input, the embedded label or the layer below's
+// new h) and hv [HP] (h of the layer being stepped, or h_top for pred), XP = max(E, J, H) rounded up to 4; then the
+// warps' argmax [warps, G] float + [warps, G] int, and the grid's decision [G] int.
+__host__ __device__ inline int64_t rnnt_grid_xp(int64_t e, int64_t h, int64_t j) {
+  const int64_t m = e > j ? e : j;
+  return round_up4(m > h ? m : h);
+}
+
+inline int64_t rnnt_grid_smem_bytes(int64_t e, int64_t h, int64_t j, int64_t g, int warps) {
+  return (g * (rnnt_grid_xp(e, h, j) + round_up4(h)) + 2 * int64_t{warps} * g + g) * 4;
+}
+
+#if defined(NEMOTRON_CUDA_EMU)
+__device__ inline void rnnt_grid_sync() {
+  emu::grid_sync();
+}
+__device__ inline float ld_cg(const float* p) {
+  return *p;
+}
+__device__ inline int ld_cg(const int* p) {
+  return *p;
+}
+__device__ inline float shfl_xor(float v, int m) {
+  return emu::shfl_xor(v, m);
+}
+__device__ inline int shfl_xor(int v, int m) {
+  return emu::shfl_xor(v, m);
+}
+#else
+__device__ __forceinline__ void rnnt_grid_sync() {
+  cooperative_groups::this_grid().sync();
+}
+__device__ __forceinline__ float ld_cg(const float* p) {
+  return __ldcg(p);
+}
+__device__ __forceinline__ int ld_cg(const int* p) {
+  return __ldcg(p);
+}
+__device__ __forceinline__ float shfl_xor(float v, int m) {
+  return __shfl_xor_sync(0xffffffffu, v, m);
+}
+__device__ __forceinline__ int shfl_xor(int v, int m) {
+  return __shfl_xor_sync(0xffffffffu, v, m);
+}
+#endif
+
+// The argmax of (best, idx) over the warp's lanes, in every lane. argmax_better is a total order on (value, index)
+// pairs with distinct indices, so the butterfly's order does not change the winner.
+__device__ __forceinline__ void warp_argmax(float& best, int& idx) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) {
+    const float o_best = shfl_xor(best, m);
+    const int o_idx = shfl_xor(idx, m);
+    if (argmax_better(o_best, o_idx, best, idx)) {
+      best = o_best;
+      idx = o_idx;
+    }
+  }
+}
+
+// Cooperative launch: grid (P <= kRnntGridMaxBlocks blocks, all resident), block (warps * 32), dynamic shared memory
+// rnnt_grid_smem_bytes(E, H, J, G, warps), ws: rnnt_grid_workspace(H, J, L, G).words words. The streams are taken G
+// at a time; every block works on every group. Warp gw = blockIdx.x * warps + warp of the n_gw in the grid owns the
+// rows gw, gw + n_gw, ... of each product (and hidden units gw, gw + n_gw, ... of each LSTM layer).
+template <typename T, int G, bool kVec>
+__global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(const RnntGreedyParams p, float* ws) {
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int n_threads = blockDim.x;
+  const int n_warps = n_threads >> 5;
+  const int blk = static_cast<int>(blockIdx.x);
+  const int n_blocks = static_cast<int>(gridDim.x);
+  const int64_t gw = int64_t{blk} * n_warps + warp, n_gw = int64_t{n_blocks} * n_warps;
+  const int64_t gt = int64_t{blk} * n_threads + tid, n_gt = int64_t{n_blocks} * n_threads;
+  const int64_t T_ = p.n_frames, L = p.n_layers, S = p.pool_size, E = p.embed_dim, H = p.hidden;
+  const int64_t J = p.joint_hidden, V1 = p.n_classes;
+  const RnntGridWorkspace wl = rnnt_grid_workspace(H, J, L, G);
+  const int64_t XP = rnnt_grid_xp(E, H, J), HP = wl.hp, JP = wl.jp;
+
+  float* s_base = reinterpret_cast<float*>(rnnt_dynamic_smem());
+  float* s_x[G];
+  float* s_h[G];
+#pragma unroll
+  for (int i = 0; i < G; ++i) {
+    s_x[i] = s_base + i * (XP + HP);
+    s_h[i] = s_x[i] + XP;
+  }
+  float* s_best = s_base + G * (XP + HP);                           // [warps, G]
+  int* s_best_idx = reinterpret_cast<int*>(s_best + n_warps * G);  // [warps, G]
+  int* s_dec = s_best_idx + n_warps * G;                           // [G]
+
+  float* w_h = ws + wl.o_h;
+  float* w_c = ws + wl.o_c;
+  float* w_pred = ws + wl.o_pred;
+  float* w_best = ws + wl.o_best;
+  int* w_idx = reinterpret_cast<int*>(ws + wl.o_idx);
+
+  const T* p_f = static_cast<const T*>(p.f);
+  const T* p_embed = static_cast<const T*>(p.embed);
+  const T* p_pred_w = static_cast<const T*>(p.pred_w);
+  const T* p_pred_b = static_cast<const T*>(p.pred_b);
+  const T* p_out_w = static_cast<const T*>(p.out_w);
+  const T* p_out_b = static_cast<const T*>(p.out_b);
+  T* p_h = static_cast<T*>(p.h);
+  T* p_c = static_cast<T*>(p.c);
+  T* p_pred = static_cast<T*>(p.pred);
+
+  for (int64_t b0 = 0; b0 < p.n_streams; b0 += G) {
+    // Per-stream control, identical in every thread of the grid.
+    int i_b[G], slot[G], last[G], len[G], t[G], n_sym[G], count[G], offset[G], par[G];
+    unsigned valid = 0, live = 0;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      i_b[i] = static_cast<int>(b0) + i;
+      slot[i] = -1;
+      last[i] = 0;
+      len[i] = 0;
+      t[i] = 0;
+      n_sym[i] = 0;
+      count[i] = 0;
+      offset[i] = 0;
+      par[i] = 0;
+      if (i_b[i] < p.n_streams) {
+        const int64_t s = p.slots[i_b[i]];
+        if (s >= 0 && s < S) {
+          valid |= 1u << i;
+          slot[i] = static_cast<int>(s);
+          const int64_t n = p.lengths[i_b[i]];
+          len[i] = static_cast<int>(n < 0 ? 0 : (n > T_ ? T_ : n));
+          offset[i] = static_cast<int>(p.frame_offset[i_b[i]]);
+          last[i] = static_cast<int>(p.label[slot[i]]);
+          if (len[i] > 0) live |= 1u << i;
+        }
+      }
+    }
+
+    // The group's state into the workspace (grid-strided).
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      if (live & (1u << i)) {
+        for (int64_t o = gt; o < L * H; o += n_gt) {
+          const int64_t l = o / H, u = o - l * H;
+          const int64_t g = (l * S + slot[i]) * H + u;
+          w_h[(l * G + i) * HP + u] = Num<T>::load(p_h + g);  // par[i] = 0
+          w_c[(l * G + i) * HP + u] = Num<T>::load(p_c + g);
+        }
+        for (int64_t o = gt; o < J; o += n_gt) w_pred[i * JP + o] = Num<T>::load(p_pred + int64_t{slot[i]} * J + o);
+      }
+    }
+    rnnt_grid_sync();
+
+    int iter = 0;
+    while (live) {
+      const int64_t ph = iter & 1;
+      ++iter;
+      // 1. joint input: x = relu(f_t + pred), in every block
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        if (live & (1u << i)) {
+          const T* p_row = p_f + (int64_t{i_b[i]} * T_ + t[i]) * J;
+          for (int64_t o = tid; o < J; o += n_threads) {
+            const float x = Num<T>::round(__fadd_rn(Num<T>::load(p_row + o), ld_cg(w_pred + i * JP + o)));
+            s_x[i][o] = x <= 0.f ? 0.f : x;  // torch.relu (NaN passes through)
+          }
+        }
+      }
+      __syncthreads();
+
+      // 2. logits of this warp's rows; each warp's argmax, then the block's, published for the grid
+      {
+        const float* vecs[G];
+#pragma unroll
+        for (int i = 0; i < G; ++i) vecs[i] = s_x[i];
+        float b_best[G];
+        int b_idx[G];
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          b_best[i] = -INFINITY;
+          b_idx[i] = INT_MAX;
+        }
+        for (int64_t v0 = gw; v0 < V1; v0 += kRnntRows * n_gw) {
+          const T* rows[kRnntRows];
+#pragma unroll
+          for (int r = 0; r < kRnntRows; ++r) {
+            const int64_t v = v0 + r * n_gw;
+            rows[r] = p_out_w + (v < V1 ? v : v0) * J;  // rows past the end repeat v0, unused
+          }
+          float acc[kRnntRows][G];
+          warp_dots<T, kRnntRows, G, kVec>(rows, vecs, live, J, lane, acc);
+          warp_allreduce<kRnntRows * G>(&acc[0][0]);
+#pragma unroll
+          for (int r = 0; r < kRnntRows; ++r) {
+            const int64_t v = v0 + r * n_gw;
+            if (v < V1) {
+              const float bias = Num<T>::load(p_out_b + v);
+#pragma unroll
+              for (int i = 0; i < G; ++i) {
+                const float logit = Num<T>::round(acc[r][i] + bias);
+                if ((live & (1u << i)) && argmax_better(logit, static_cast<int>(v), b_best[i], b_idx[i])) {
+                  b_best[i] = logit;
+                  b_idx[i] = static_cast<int>(v);
+                }
+              }
+            }
+          }
+        }
+        if (lane == 0) {
+#pragma unroll
+          for (int i = 0; i < G; ++i) {
+            s_best[warp * G + i] = b_best[i];
+            s_best_idx[warp * G + i] = b_idx[i];
+          }
+        }
+      }
+      __syncthreads();
+      if (tid < G && (live & (1u << tid))) {
+        float best = -INFINITY;
+        int idx = INT_MAX;
+        for (int w = 0; w < n_warps; ++w) {
+          if (argmax_better(s_best[w * G + tid], s_best_idx[w * G + tid], best, idx)) {
+            best = s_best[w * G + tid];
+            idx = s_best_idx[w * G + tid];
+          }
+        }
+        w_best[(ph * kRnntGridMaxBlocks + blk) * G + tid] = best;
+        w_idx[(ph * kRnntGridMaxBlocks + blk) * G + tid] = idx;
+      }
+      rnnt_grid_sync();
+
+      // 3. the grid's argmax (warp i % warps reduces stream i over the blocks), then the greedy decision in every
+      // thread
+      for (int i = warp; i < G; i += n_warps) {
+        if (live & (1u << i)) {
+          float best = -INFINITY;
+          int idx = INT_MAX;
+          for (int q = lane; q < n_blocks; q += 32) {
+            const float b = ld_cg(w_best + (ph * kRnntGridMaxBlocks + q) * G + i);
+            const int bi = ld_cg(w_idx + (ph * kRnntGridMaxBlocks + q) * G + i);
+            if (argmax_better(b, bi, best, idx)) {
+              best = b;
+              idx = bi;
+            }
+          }
+          warp_argmax(best, idx);
+          if (lane == 0) s_dec[i] = idx;
+        }
+      }
+      __syncthreads();
+      unsigned emit = 0;
+      int k[G];
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        k[i] = 0;
+        if (live & (1u << i)) {
+          const int idx = s_dec[i];
+          k[i] = idx;
+          if (idx == p.blank) {
+            ++t[i];
+            n_sym[i] = 0;
+          } else {
+            emit |= 1u << i;
+            if (gt == 0) {
+              p.tokens[i_b[i] * p.max_out + count[i]] = idx;
+              p.frames[i_b[i] * p.max_out + count[i]] = offset[i] + t[i];
+            }
+            ++count[i];
+            last[i] = idx;
+            if (++n_sym[i] == p.max_symbols) {
+              ++t[i];
+              n_sym[i] = 0;
+            }
+          }
+          if (t[i] >= len[i]) live &= ~(1u << i);
+        }
+      }
+      if (!emit) continue;
+
+      // 4. the stacked LSTM step, one layer between two barriers: every block loads the layer's input (the embedded
+      // label, or the new h of the layer below) and h; the owner warp of unit u writes c and the new h of u
+      for (int64_t l = 0; l < L; ++l) {
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          if (emit & (1u << i)) {
+            if (l == 0) {
+              for (int64_t o = tid; o < E; o += n_threads) s_x[i][o] = Num<T>::load(p_embed + int64_t{k[i]} * E + o);
+            } else {
+              const float* src = w_h + (((1 - par[i]) * L + l - 1) * G + i) * HP;
+              for (int64_t o = tid; o < H; o += n_threads) s_x[i][o] = ld_cg(src + o);
+            }
+            const float* cur = w_h + ((par[i] * L + l) * G + i) * HP;
+            for (int64_t o = tid; o < H; o += n_threads) s_h[i][o] = ld_cg(cur + o);
+          }
+        }
+        __syncthreads();
+        const T* p_wih = static_cast<const T*>(p.w_ih[l]);
+        const T* p_whh = static_cast<const T*>(p.w_hh[l]);
+        const T* p_bih = static_cast<const T*>(p.b_ih[l]);
+        const T* p_bhh = static_cast<const T*>(p.b_hh[l]);
+        const int64_t K_in = l == 0 ? E : H;
+        const float* x_in[G];
+        const float* h_in[G];
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          x_in[i] = s_x[i];
+          h_in[i] = s_h[i];
+        }
+        for (int64_t u = gw; u < H; u += n_gw) {
+          // rows u, H + u, 2H + u, 3H + u: gates i, f, g, o of hidden unit u
+          const T* rows_ih[4] = {p_wih + u * K_in, p_wih + (H + u) * K_in, p_wih + (2 * H + u) * K_in,
+                                 p_wih + (3 * H + u) * K_in};
+          const T* rows_hh[4] = {p_whh + u * H, p_whh + (H + u) * H, p_whh + (2 * H + u) * H,
+                                 p_whh + (3 * H + u) * H};
+          float acc[2][4][G];
+          warp_dots<T, 4, G, kVec>(rows_ih, x_in, emit, K_in, lane, acc[0]);
+          warp_dots<T, 4, G, kVec>(rows_hh, h_in, emit, H, lane, acc[1]);
+          warp_allreduce<8 * G>(&acc[0][0][0]);
+          float gate[4];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const float b_i = Num<T>::load(p_bih + q * H + u);
+            const float b_h = Num<T>::load(p_bhh + q * H + u);
+            float a_ih = 0.f, a_hh = 0.f;  // lane i keeps stream i's (as in rnnt_greedy_kernel)
+#pragma unroll
+            for (int i = 0; i < G; ++i) {
+              if (lane == i) {
+                a_ih = acc[0][q][i];
+                a_hh = acc[1][q][i];
+              }
+            }
+            gate[q] = Num<T>::round(__fadd_rn(Num<T>::round(a_ih + b_i), Num<T>::round(a_hh + b_h)));
+          }
+#pragma unroll
+          for (int i = 0; i < G; ++i) {
+            if (lane == i && (emit & (1u << i))) {
+              float* c_u = w_c + (l * G + i) * HP + u;
+              const float c_old = ld_cg(c_u);
+              const float s_i = Num<T>::round(sigmoid_f(gate[0]));
+              const float s_f = Num<T>::round(sigmoid_f(gate[1]));
+              const float t_g = Num<T>::round(tanhf(gate[2]));
+              const float s_o = Num<T>::round(sigmoid_f(gate[3]));
+              const float c1 = Num<T>::round(__fadd_rn(Num<T>::round(__fmul_rn(s_f, c_old)),
+                                                       Num<T>::round(__fmul_rn(s_i, t_g))));
+              const float h1 = Num<T>::round(__fmul_rn(s_o, Num<T>::round(tanhf(c1))));
+              *c_u = c1;
+              w_h[(((1 - par[i]) * L + l) * G + i) * HP + u] = h1;
+            }
+          }
+        }
+        rnnt_grid_sync();
+      }
+
+      // 5. pred = joint.pred(h_top) of the streams that emitted; their new h becomes the current one
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        if (emit & (1u << i)) {
+          const float* top = w_h + (((1 - par[i]) * L + L - 1) * G + i) * HP;
+          for (int64_t o = tid; o < H; o += n_threads) s_h[i][o] = ld_cg(top + o);
+        }
+      }
+      __syncthreads();
+      {
+        const float* vecs[G];
+#pragma unroll
+        for (int i = 0; i < G; ++i) vecs[i] = s_h[i];
+        for (int64_t v0 = gw; v0 < J; v0 += kRnntRows * n_gw) {
+          const T* rows[kRnntRows];
+#pragma unroll
+          for (int r = 0; r < kRnntRows; ++r) {
+            const int64_t v = v0 + r * n_gw;
+            rows[r] = p_pred_w + (v < J ? v : v0) * H;
+          }
+          float acc[kRnntRows][G];
+          warp_dots<T, kRnntRows, G, kVec>(rows, vecs, emit, H, lane, acc);
+          warp_allreduce<kRnntRows * G>(&acc[0][0]);
+#pragma unroll
+          for (int r = 0; r < kRnntRows; ++r) {
+            const int64_t v = v0 + r * n_gw;
+            if (v < J && lane == 0) {
+              const float bias = Num<T>::load(p_pred_b + v);
+#pragma unroll
+              for (int i = 0; i < G; ++i) {
+                if (emit & (1u << i)) w_pred[i * JP + v] = Num<T>::round(acc[r][i] + bias);
+              }
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < G; ++i) {
+        if (emit & (1u << i)) par[i] = 1 - par[i];
+      }
+      rnnt_grid_sync();
+    }
+
+    // Write back the state of the streams that emitted (the others are unchanged), and the counts.
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      if ((valid & (1u << i)) && count[i] > 0) {
+        for (int64_t o = gt; o < L * H; o += n_gt) {
+          const int64_t l = o / H, u = o - l * H;
+          const int64_t g = (l * S + slot[i]) * H + u;
+          Num<T>::store(p_h + g, ld_cg(w_h + ((par[i] * L + l) * G + i) * HP + u));
+          Num<T>::store(p_c + g, ld_cg(w_c + (l * G + i) * HP + u));
+        }
+        for (int64_t o = gt; o < J; o += n_gt) {
+          Num<T>::store(p_pred + int64_t{slot[i]} * J + o, ld_cg(w_pred + i * JP + o));
+        }
+        if (gt == 0) p.label[slot[i]] = last[i];
+      }
+      if (gt == 0 && i_b[i] < p.n_streams) p.counts[i_b[i]] = (valid & (1u << i)) ? count[i] : -1;
+    }
+    // No barrier before the next group: its loads into the workspace (above) touch element o of stream i in the
+    // same thread that has just written it back here.
   }
 }
 
