@@ -4,7 +4,7 @@
 
 1. Parity of the paths: every file is transcribed, streaming, at every lookahead, by the reference on the CPU
    (backend "torch", fp32), the reference on the GPU (backend "torch", cuda) and the Triton + CUDA path
-   (backend "triton", cuda); their tokens must be identical (exit 1 otherwise).
+   (backend "triton", cuda), with either CUDA decoder kernel; their tokens must be identical (exit 1 otherwise).
 2. Throughput: N concurrent streams of the same files (cycled) through the Triton path, all pushed at once and
    drained; reports the real-time factor (audio seconds / wall seconds) and the mean step time per lookahead,
    beside the reference backend on the same GPU.
@@ -90,19 +90,22 @@ def main(argv=None) -> int:
         cpu = transcribe_all(a.model, pcms, ms, device="cpu", backend="torch")
         ref = transcribe_all(a.model, pcms, ms, device="cuda", backend="torch")
         tri = transcribe_all(a.model, pcms, ms, device="cuda", backend="triton")
-        same = cpu == ref == tri
+        grid = transcribe_all(a.model, pcms, ms, device="cuda", backend="triton", decoder_kernel="grid")
+        same = cpu == ref == tri == grid
         ok &= same
         row = {"lookahead_ms": ms, "files": len(pcms), "tokens": sum(map(len, cpu)), "identical": same,
-               "cpu_vs_triton_mismatched_files": sum(x != y for x, y in zip(cpu, tri))}
+               "cpu_vs_triton_mismatched_files": sum(x != y for x, y in zip(cpu, tri)),
+               "triton_grid_decoder_vs_blocked_mismatched_files": sum(x != y for x, y in zip(tri, grid))}
         report["parity"].append(row)
         print(json.dumps(row), flush=True)
     for r in (max(cfg.lookaheads), min(cfg.lookaheads)):
         ms = (r + 1) * cfg.frame_ms
         for n in a.streams:
-            for backend in ("triton", "torch"):
+            for backend, kw in (("triton", {}), ("triton", {"decoder_kernel": "grid"}), ("torch", {})):
                 if backend == "torch" and n > 64:
                     continue  # the reference's host-synchronising decoder loop: slow at large N, not the point
-                row = throughput(a.model, pcms, ms, n, device="cuda", backend=backend)
+                row = throughput(a.model, pcms, ms, n, device="cuda", backend=backend, **kw)
+                row["decoder_kernel"] = kw.get("decoder_kernel", "blocked" if backend == "triton" else "-")
                 report["throughput"].append(row)
                 print(json.dumps(row), flush=True)
     if a.json:

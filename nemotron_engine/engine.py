@@ -12,6 +12,7 @@ start-up; a step reads and updates it in place for the streams it runs.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,10 @@ def _decode_torch(model, enc, lengths, cache, slots, offsets):
     return toks, stamps
 
 
-def _select_backend(backend: str, device: torch.device):
+def _select_backend(backend: str, device: torch.device, decoder_kernel: str = "blocked"):
     """(encoder step, decoder) for a backend; see Engine."""
+    if decoder_kernel not in ("blocked", "grid"):
+        raise ValueError(f"decoder_kernel must be 'blocked' or 'grid', got {decoder_kernel!r}")
     if backend == "torch":
         return encoder_step_paged, _decode_torch
     if backend != "triton":
@@ -201,7 +204,9 @@ def _select_backend(backend: str, device: torch.device):
         from . import _ext
 
         if _ext.load_extension() is not None:
-            from .decode_cuda import greedy_decode_pool as decode
+            from .decode_cuda import greedy_decode_pool
+
+            decode = functools.partial(greedy_decode_pool, kernel=decoder_kernel)
     return triton_step, decode
 
 
@@ -218,7 +223,7 @@ class Engine:
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                  max_streams: int | None = None,
                  memory_budget: int | None = None, keep_encoder_outputs: bool = False, backend: str | None = None,
-                 cpu_packed: bool | None = None):
+                 cpu_packed: bool | None = None, decoder_kernel: str = "blocked"):
         """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
         streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
         parity checks against NeMo, which compare activations step by step).
@@ -230,12 +235,16 @@ class Engine:
         cpu_packed: on the CPU in float32 with the torch backend (the default there: None means True), the
         per-frame linear weights are prepacked once for oneDNN, which runs the few-row products of a streaming step
         faster than torch's default CPU path (reference/linear.py); False keeps plain F.linear.
+
+        decoder_kernel: which CUDA greedy decoder the triton backend runs on CUDA ("blocked", the default: a block
+        per stream; "grid": every block on every stream, for few streams; see `_ext.rnnt_greedy`). Both give the
+        same tokens bit for bit; elsewhere the choice has no effect.
         """
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
         self.backend = backend or ("triton" if self.device.type == "cuda" else "torch")
-        self._encoder_step, self._decode = _select_backend(self.backend, self.device)
+        self._encoder_step, self._decode = _select_backend(self.backend, self.device, decoder_kernel)
         if cpu_packed is None:
             cpu_packed = self.backend == "torch"
         self.model = Model.load(model_dir, dtype=dtype, device=self.device,

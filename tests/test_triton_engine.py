@@ -50,6 +50,8 @@ def test_backend_is_checked():
     _, _, out = models.nemo_model("nemotron_like", 1234)
     with pytest.raises(ValueError, match="backend must be 'torch' or 'triton', got 'cudnn'"):
         Engine(out, backend="cudnn")
+    with pytest.raises(ValueError, match="decoder_kernel must be 'blocked' or 'grid', got 'warp'"):
+        Engine(out, decoder_kernel="warp")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal")
