@@ -59,6 +59,7 @@ def _paged_attention_fwd_kernel(
     MASK: tl.constexpr,
     DOT_FP32: tl.constexpr,
     RNE_BY_HAND: tl.constexpr,
+    CONTENT_DC: tl.constexpr,
 ):
     i_b = tl.program_id(0).to(tl.int64)
     i_h = tl.program_id(1).to(tl.int64)
@@ -94,9 +95,14 @@ def _paged_attention_fwd_kernel(
                         other=0.0)  # [BLOCK_R, BLOCK_DC]
         b_m += _dot(b_qv, tl.trans(b_pos), DOT_FP32)
 
-    b_q = tl.load(q + i_b * s_qb + o_t[:, None] * s_qt + o_hd[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
-    b_u = tl.load(bias_u + i_h * s_uh + o_d, mask=m_d, other=0.0)
-    b_qu = cast_rne(b_q.to(tl.float32) + b_u.to(tl.float32)[None, :], b_q.dtype, RNE_BY_HAND)  # [BLOCK_T, BLOCK_D]
+    p_qrow = q + i_b * s_qb + o_t * s_qt + i_h * DH  # [BLOCK_T] this head's part of each query row
+    p_u = bias_u + i_h * s_uh
+    if CONTENT_DC == 0:
+        b_q = tl.load(p_qrow[:, None] + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
+        b_u = tl.load(p_u + o_d, mask=m_d, other=0.0)
+        b_qu = cast_rne(b_q.to(tl.float32) + b_u.to(tl.float32)[None, :], b_q.dtype, RNE_BY_HAND)  # [BLOCK_T, BLOCK_D]
+    else:
+        b_qu = None  # the content product reads (q + u) slice by slice (_content)
 
     # online softmax over key blocks; starting the running max at MASK keeps it finite (every row has in-range
     # columns, scored MASK when masked) and leaves NeMo's result unchanged
@@ -115,18 +121,23 @@ def _paged_attention_fwd_kernel(
         m_key = m_in & (fb + o_r >= 0)  # rows of frames before the stream's start are never read
         pg = tl.load(p_tab + (tl.maximum(fb, 0) // PAGE_SIZE) % pps, mask=fb >= 0, other=0).to(tl.int64)
         m_kd = m_key[:, None] & m_d[None, :]
-        b_k = tl.load(k_pages + pg * s_kp + o_r[:, None] * s_kr + o_hd[None, :], mask=m_kd, other=0.0)
+        p_krow = k_pages + pg * s_kp + o_r * s_kr + i_h * DH  # [PAGE_SIZE]
         b_vv = tl.load(v_pages + pg * s_vp + o_r[:, None] * s_vr + o_hd[None, :], mask=m_kd, other=0.0)
-        b_mx, b_l, b_acc = _block(b_qu, b_k, b_vv, b_m, o_t, o_p, m_in, m_key, c_q, m_q, r1, b_mx, b_l, b_acc,
+        b_ac = _content(b_qu, p_qrow, p_u, m_t, p_krow, m_key, o_d, m_d, DH, BLOCK_D, CONTENT_DC, DOT_FP32,
+                        RNE_BY_HAND)
+        b_mx, b_l, b_acc = _block(b_ac, b_vv, b_m, o_t, o_p, m_in, m_key, c_q, m_q, r1, b_mx, b_l, b_acc,
                                   sm_scale, C, T, BLOCK_R, MASK, DOT_FP32, RNE_BY_HAND)
 
     # the chunk's own keys, p = C .. C + T - 1 (the padded ones are masked, still in the denominator)
     o_c = tl.arange(0, BLOCK_T)
     m_c = o_c < T
     m_cd = m_c[:, None] & m_d[None, :]
-    b_kn = tl.load(k_new + i_b * s_kb + o_c[:, None] * s_kt + o_hd[None, :], mask=m_cd, other=0.0)
+    p_knrow = k_new + i_b * s_kb + o_c * s_kt + i_h * DH  # [BLOCK_T]
+    b_kn = tl.load(p_knrow[:, None] + o_d[None, :], mask=m_cd, other=0.0)
     b_vn = tl.load(v_new + i_b * s_vb + o_c[:, None] * s_vt + o_hd[None, :], mask=m_cd, other=0.0)
-    b_mx, b_l, b_acc = _block(b_qu, b_kn, b_vn, b_m, o_t, C + o_c, m_c, o_c < n, c_q, m_q, r1, b_mx, b_l, b_acc,
+    b_ac = _content(b_qu, p_qrow, p_u, m_t, p_knrow, m_c, o_d, m_d, DH, BLOCK_D, CONTENT_DC, DOT_FP32, RNE_BY_HAND,
+                    b_kn)
+    b_mx, b_l, b_acc = _block(b_ac, b_vn, b_m, o_t, C + o_c, m_c, o_c < n, c_q, m_q, r1, b_mx, b_l, b_acc,
                               sm_scale, C, T, BLOCK_R, MASK, DOT_FP32, RNE_BY_HAND)
 
     b_o = tl.where((b_l > 0)[:, None], b_acc / b_l[:, None], 0.0)
@@ -143,17 +154,48 @@ def _paged_attention_fwd_kernel(
 
 
 @triton.jit
-def _block(b_qu, b_k, b_vv, b_m, o_t, o_p, m_in, m_key, c_q, m_q, r1, b_mx, b_l, b_acc,
+def _content(b_qu, p_qrow, p_u, m_t, p_krow, m_key, o_d, m_d, DH: tl.constexpr, BLOCK_D: tl.constexpr,
+             CONTENT_DC: tl.constexpr, DOT_FP32: tl.constexpr, RNE_BY_HAND: tl.constexpr, b_k_loaded=None):
+    """The content term (q + u) . k of a block of keys [BLOCK_T, BLOCK_K]: keys at row pointers p_krow [BLOCK_K]
+    (m_key: rows that may be read), queries at p_qrow [BLOCK_T].
+
+    CONTENT_DC == 0: over whole rows, (q + u) held in b_qu and the keys loaded here (or given, b_k_loaded).
+    CONTENT_DC > 0: DH in slices of CONTENT_DC columns, each slice of (q + u) and of the keys loaded as it is used:
+    the [BLOCK_T, BLOCK_K, CONTENT_DC] products of a slice are all a thread holds at once, not the whole
+    [BLOCK_T, BLOCK_K, BLOCK_D] (a register-pressure variant; it sums DH in slices, so it rounds differently)."""
+    if CONTENT_DC == 0:
+        if b_k_loaded is None:
+            b_k = tl.load(p_krow[:, None] + o_d[None, :], mask=m_key[:, None] & m_d[None, :], other=0.0)
+        else:
+            b_k = b_k_loaded
+        if DOT_FP32:
+            # multiply-reduce: tl.dot's FMA path would hold a whole row and column of the DH reduction per thread
+            # (it spills at DH = 128); the products of widened bf16 operands are exact in fp32
+            b_ac = tl.sum(b_qu.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :], 2)
+        else:
+            b_ac = tl.dot(b_qu, tl.trans(b_k))
+    else:
+        b_ac = tl.zeros([p_qrow.shape[0], p_krow.shape[0]], dtype=tl.float32)
+        for d0 in tl.static_range(0, BLOCK_D, CONTENT_DC):
+            o_dc = d0 + tl.arange(0, CONTENT_DC)
+            m_dc = o_dc < DH
+            b_qc = tl.load(p_qrow[:, None] + o_dc[None, :], mask=m_t[:, None] & m_dc[None, :], other=0.0)
+            b_uc = tl.load(p_u + o_dc, mask=m_dc, other=0.0)
+            b_quc = cast_rne(b_qc.to(tl.float32) + b_uc.to(tl.float32)[None, :], b_qc.dtype, RNE_BY_HAND)
+            b_kc = tl.load(p_krow[:, None] + o_dc[None, :], mask=m_key[:, None] & m_dc[None, :], other=0.0)
+            if DOT_FP32:
+                b_ac += tl.sum(b_quc.to(tl.float32)[:, None, :] * b_kc.to(tl.float32)[None, :, :], 2)
+            else:
+                b_ac += tl.dot(b_quc, tl.trans(b_kc))
+    return b_ac
+
+
+@triton.jit
+def _block(b_ac, b_vv, b_m, o_t, o_p, m_in, m_key, c_q, m_q, r1, b_mx, b_l, b_acc,
            sm_scale, C: tl.constexpr, T, BLOCK_R: tl.constexpr, MASK: tl.constexpr, DOT_FP32: tl.constexpr,
            RNE_BY_HAND: tl.constexpr):
-    """One block of keys at positions o_p [BLOCK_K] into the running (max, denominator, weighted sum)."""
-    # content term (q + u) . k  [BLOCK_T, BLOCK_K]
-    if DOT_FP32:
-        # multiply-reduce: tl.dot's FMA path would hold a whole row and column of the DH reduction per thread
-        # (it spills at DH = 128); the products of widened bf16 operands are exact in fp32
-        b_ac = tl.sum(b_qu.to(tl.float32)[:, None, :] * b_k.to(tl.float32)[None, :, :], 2)
-    else:
-        b_ac = tl.dot(b_qu, tl.trans(b_k))
+    """One block of keys at positions o_p [BLOCK_K], content term b_ac, into the running (max, denominator,
+    weighted sum)."""
     # rel-shift: the position term of (i, p) is column C + i - p + T - 1 of M
     i_rel = C + o_t[:, None] - o_p[None, :] + (T - 1)
     b_bd = tl.gather(b_m, tl.minimum(tl.maximum(i_rel, 0), BLOCK_R - 1).to(tl.int32), 1)
@@ -177,6 +219,9 @@ def _interpreted() -> bool:
     return not isinstance(_paged_attention_fwd_kernel, triton.runtime.JITFunction)
 
 
+TUNABLE = ("CONTENT_DC", "BLOCK_DC", "num_warps", "num_stages", "maxnreg")
+
+
 def _config(T: int, C: int, dh: int, page_size: int, dtype: torch.dtype, interpreted: bool) -> dict:
     """The kernel's constexprs and launch options (one place, also used by the offline sm_90 compile check)."""
     BLOCK_D = max(16, triton.next_power_of_2(dh))
@@ -189,7 +234,7 @@ def _config(T: int, C: int, dh: int, page_size: int, dtype: torch.dtype, interpr
         BLOCK_R=max(16, triton.next_power_of_2(C + 2 * T - 1)),  # relative positions -(T-1) .. C+T-1
         BLOCK_D=BLOCK_D,
         BLOCK_DC=min(BLOCK_D, 16 if dot_fp32 else 32),  # DH slice of the position product
-        MASK=MASK_VALUE, DOT_FP32=dot_fp32, RNE_BY_HAND=interpreted,
+        MASK=MASK_VALUE, DOT_FP32=dot_fp32, RNE_BY_HAND=interpreted, CONTENT_DC=0,
         # sm_90 at Nemotron's dh = 128: 8 warps keep the per-thread tiles in registers (ptxas: no spills)
         num_warps=8 if BLOCK_D >= 128 or (dot_fp32 and BLOCK_D >= 64) else 4,
         num_stages=2,
@@ -213,6 +258,7 @@ def paged_attention(
     pos_bias_v: torch.Tensor,  # [H, dh]
     left_context: int,  # C, the window of cached frames
     out: torch.Tensor | None = None,  # [B, T, D]
+    tuning: dict | None = None,
 ) -> torch.Tensor:
     """Attention of each stream's chunk over [its C cached frames | the chunk], the chunk's K/V written to pages.
 
@@ -224,6 +270,8 @@ def paged_attention(
     `frames` is not advanced here (the caller adds T after the last layer). Streams of any fill level and lookahead
     share the launch. fp32 inputs are multiplied at full fp32 precision (no TF32); bf16/fp16 inputs use the tensor
     cores with fp32 accumulation. Returns `out` [B, T, D] in q's dtype.
+    tuning: overrides of the launch configuration (TUNABLE: CONTENT_DC, BLOCK_DC, num_warps, num_stages, maxnreg),
+    for bench/sweep_attention.py and the tests; the defaults come from `_config`.
 
     >>> out = paged_attention(q, k, v, cache.k[i], cache.v[i], cache.table, slots, cache.frames, n,
     ...                       torch.full_like(n, r), model.pos[i], model.rel_lo, w["att.pos_bias_u"],
@@ -266,6 +314,14 @@ def paged_attention(
         return out
 
     cfg = _config(T, C, dh, page_size, q.dtype, _interpreted())
+    if tuning:
+        bad = sorted(set(tuning) - set(TUNABLE))
+        if bad:
+            raise ValueError(f"tuning: unknown keys {bad}; tunable: {list(TUNABLE)}")
+        cfg.update(tuning)
+        if cfg["CONTENT_DC"] and (cfg["CONTENT_DC"] < 16 or cfg["BLOCK_D"] % cfg["CONTENT_DC"]):
+            raise ValueError(f"tuning: CONTENT_DC must be 0 or a power of two >= 16 dividing {cfg['BLOCK_D']}, got "
+                             f"{cfg['CONTENT_DC']}")
     _paged_attention_fwd_kernel[(B, H)](
         q, k_new, v_new, k_pages, v_pages, table, slots, frames, lengths, lookahead, pos, pos_bias_u, pos_bias_v,
         out,

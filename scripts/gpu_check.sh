@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session, start to finish: build the CUDA extension, run the gpu-marked tests (CUDA decoder, cache ops,
-# Triton kernels at full shapes), the kernel and decoder microbenchmarks, and the engine end to end on the demo
-# model (Triton + CUDA path against the reference, then throughput). Writes everything under $OUT (default
+# Triton kernels at full shapes), the kernel and decoder microbenchmarks, the engine end to end on the demo
+# model (Triton + CUDA path against the reference, then throughput), and the attention kernel's configuration sweep.
+# The parts' time limits add up to 11 minutes, more than one device command's 600 s; they rarely run to them (stop 8:
+# three whole runs and two short calls fit in 15 minutes of device time). Run it with timeout_s=600: what is under
+# $OUT comes back even when the command is stopped, and the sweep, last, is what a stop would cut. Writes everything under $OUT (default
 # ./gpu_report) and prints a summary last. Each part has its own time limit and the script goes on when one fails.
 #
 #   bash scripts/gpu_check.sh            # on a machine with an NVIDIA GPU, torch (CUDA), triton, nvcc, cmake
@@ -12,7 +15,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 status() { echo "$1: rc=$2 at ${SECONDS}s" | tee -a "$OUT/summary.txt"; }
-# at most 7 files under $OUT: summary.txt, build.log, gpu_tests.log, bench.log, bench.json, engine.log, engine.json
+# at most 8 files under $OUT (what a device run returns): summary.txt, build.log, gpu_tests.log, bench.log, bench.json,
+# engine.log, engine.json, sweep.json
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/summary.txt" 2>&1
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
     >> "$OUT/summary.txt" 2>&1
@@ -71,7 +75,14 @@ timeout ${BENCH_TIMEOUT:-120} $PY -m pytest $BENCHES -q -s -p no:cacheprovider -
     > "$OUT/bench.log" 2>&1
 [ -n "$BENCHES" ] && status bench $?
 
+# 5. the attention kernel's launch-configuration sweep (register cap, content product in slices); SWEEP=0 skips it
+if [ "${SWEEP:-1}" != 0 ]; then
+    echo "== attention sweep" >> "$OUT/bench.log"
+    timeout ${SWEEP_TIMEOUT:-100} $PY bench/sweep_attention.py --json "$OUT/sweep.json" >> "$OUT/bench.log" 2>&1
+    status sweep $?
+fi
+
 echo "== summary =="
 cat "$OUT/summary.txt"
 tail -12 "$OUT/engine.log" 2>/dev/null
-grep -vE "^(bench|tests)/.*(PASSED|SKIPPED)|^\s*$" "$OUT/bench.log" | tail -70
+grep -vE "^(bench|tests)/.*(PASSED|SKIPPED)|^\s*$" "$OUT/bench.log" | tail -110
