@@ -271,7 +271,7 @@ def paged_attention(
     share the launch. fp32 inputs are multiplied at full fp32 precision (no TF32); bf16/fp16 inputs use the tensor
     cores with fp32 accumulation. Returns `out` [B, T, D] in q's dtype.
     tuning: overrides of the launch configuration (TUNABLE: CONTENT_DC, BLOCK_DC, num_warps, num_stages, maxnreg),
-    for bench/sweep_attention.py and the tests; the defaults come from `_config`.
+    for bench/sweep_kernels.py and the tests; the defaults come from `_config`.
 
     >>> out = paged_attention(q, k, v, cache.k[i], cache.v[i], cache.table, slots, cache.frames, n,
     ...                       torch.full_like(n, r), model.pos[i], model.rel_lo, w["att.pos_bias_u"],

@@ -151,7 +151,7 @@ def test_attention_bf16(B, T, H, dh):
     check_bf16(B, T, H, dh, "cpu")
 
 
-# the variants bench/sweep_attention.py times on a GPU: the content product over DH slices (CONTENT_DC), with the
+# the variants bench/sweep_kernels.py times on a GPU: the content product over DH slices (CONTENT_DC), with the
 # other launch options (which the interpreter ignores) passed through
 TUNINGS = [{"CONTENT_DC": 16}, {"CONTENT_DC": 32, "maxnreg": 128, "num_warps": 4}]
 
@@ -235,7 +235,7 @@ INTS = ("table", "slots", "frames", "lengths", "lookahead")
 STRIDES = ("s_qb", "s_qt", "s_kb", "s_kt", "s_vb", "s_vt", "s_ob", "s_ot", "s_kp", "s_kr", "s_vp", "s_vr", "s_ph",
            "s_pr", "s_uh", "s_vh")
 ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-# the launcher's own choices at Nemotron's shape, then the register-capped variant bench/sweep_attention.py times
+# the launcher's own choices at Nemotron's shape, then the register-capped variant bench/sweep_kernels.py times
 # (2 programs of 8 warps per SM; at fp32 ptxas spills ~140 bytes there, reported, not asserted)
 for dt, dtype, tuning in (("fp32", torch.float32, {}), ("bf16", torch.bfloat16, {}),
                           ("bf16", torch.bfloat16, {"CONTENT_DC": 32, "maxnreg": 128}),

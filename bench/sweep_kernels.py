@@ -1,0 +1,170 @@
+"""Launch-configuration sweeps of the Triton kernels on a GPU (run last by scripts/gpu_check.sh).
+
+    python bench/sweep_kernels.py [--json OUT.json] [--batches 16 256] [--ops attention subsample conv_module]
+
+Why: the kernels' launch configurations were chosen offline, from ptxas's register report for sm_90 (the
+`*_compiles_for_sm90*` tests), never from timings, and on an H100 they reached 7-12 % (attention), 6-17 %
+(subsampling) and 28-58 % (conv module) of their rooflines (README). Timing the alternatives needs the device; this
+script does it in one pass, so one GPU run tells which configuration to make the default.
+- attention (`paged_attention(..., tuning=...)`): one (stream, head) per program, and ptxas gives it every register
+  it may (255 per thread at 8 warps in fp32), so one program fits on an SM at a time. `maxnreg` caps the registers
+  (128: two 8-warp programs per SM); `CONTENT_DC` computes the content product over slices of the head dimension,
+  so the cap costs few or no spills (offline, at maxnreg 128: fp32 spills 1356 bytes without slices and 136 with
+  CONTENT_DC = 32; bf16 168 and 0).
+- subsample (`kernels.subsample._TILES["cuda"]`, swapped for the run; the two Triton stages only, not the output
+  Linear): (BLOCK_P positions, BLOCK_CI input channels, warps) of each stage.
+- conv_module (`kernels.conv_module._TILES["cuda"]`, swapped likewise; the GLU / depthwise / norm kernels, not the
+  pointwise products): GLU rows x channels per program, the norm kernel's elements and warps.
+
+For every op, dtype (fp32, bf16), batch (Nemotron shapes, R = 13) and variant: the output's largest error relative
+to the default configuration's output (fp32 within 1e-5: the variants only reorder sums or change tiling; bf16
+within 2e-2) and the median time (`roofline.time_cuda`). Prints one line per variant with its time over the
+default's; --json writes the rows. Exit 1 if a variant's output leaves its tolerance. Without a GPU it says so and
+exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ATTENTION = [
+    {},
+    {"num_warps": 4},
+    {"num_stages": 1},
+    {"maxnreg": 128},
+    {"CONTENT_DC": 32},
+    {"CONTENT_DC": 32, "maxnreg": 128},
+    {"CONTENT_DC": 16, "maxnreg": 128},
+    {"CONTENT_DC": 32, "maxnreg": 128, "num_warps": 4},
+    {"CONTENT_DC": 32, "maxnreg": 96},
+]
+# (BLOCK_P, BLOCK_CI, num_warps) per stage; {} is the shipped table
+SUBSAMPLE = [
+    {},
+    {"stage1": (32, 32, 8), "stage2": (32, 16, 8)},
+    {"stage1": (64, 16, 8), "stage2": (64, 16, 8)},
+    {"stage1": (128, 32, 16), "stage2": (128, 16, 16)},
+    {"stage1": (32, 16, 4), "stage2": (32, 16, 4)},
+]
+CONV = [
+    {},
+    {"glu_rows": 4, "glu_d": 256},
+    {"glu_rows": 16, "glu_d": 128},
+    {"norm_elems": 1024, "norm_warps": 4},
+    {"norm_elems": 4096, "norm_warps": 8},
+]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@contextlib.contextmanager
+def _tiles(table: dict, dtype, change: dict):
+    """table["cuda"] (or its dtype entry) updated with `change` for the duration."""
+    entry = table["cuda"][dtype] if dtype in table["cuda"] else table["cuda"]
+    saved = dict(entry)
+    entry.update(change)
+    try:
+        yield
+    finally:
+        entry.clear()
+        entry.update(saved)
+
+
+def _cases(op: str, dtype, b: int):
+    """(variants, make(variant) -> fn returning the output, reset() restoring the inputs an op updates in place)
+    for one op, dtype and batch."""
+    import bench_kernels_attention as ba  # noqa: E402  (bench/ is on sys.path)
+    import bench_kernels_frontend as bf  # noqa: E402
+
+    from nemotron_engine.kernels import conv_module as conv_k
+    from nemotron_engine.kernels import subsample as sub_k
+    from nemotron_engine.kernels.attention import paged_attention
+
+    if op == "attention":
+        cache, slots, n, look, x = ba._attention_inputs(b, 14, dtype)
+
+        def make(tuning):
+            out = torch.empty_like(x["q"])
+            return lambda: paged_attention(x["q"], x["k_new"], x["v_new"], cache.k[0], cache.v[0], cache.table,
+                                           slots, cache.frames, n, look, x["pos"], x["rel_lo"], x["u"], x["v"],
+                                           ba.C, out=out, tuning=tuning)
+        # the chunk's rows written into the pages never overlap the window read: calls repeat exactly
+        return ATTENTION, make, lambda: None
+    if op == "subsample":
+        mel, lengths, w = bf._subsample_inputs(b, 13, dtype)
+
+        def make(change):
+            def fn():
+                with _tiles(sub_k._TILES, dtype, change):
+                    return sub_k.conv_stages(mel, lengths, w)[0]
+            return fn
+        return SUBSAMPLE, make, lambda: None
+    z, pool, slots, pad, w = bf._conv_inputs(b, 14, dtype)
+    a = torch.randn(b, 14, 2 * z.shape[-1], device="cuda").to(dtype)
+    pool0 = pool.clone()
+
+    def make(change):
+        def fn():
+            with _tiles(conv_k._TILES, dtype, change):
+                return conv_k.glu_conv_norm(a, pool, 1, slots, pad, w, "layer_norm", 1e-5)
+        return fn
+    # the kernels update the conv caches in place: each variant's checked call starts from the same ones
+    return CONV, make, lambda: pool.copy_(pool0)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", default=None)
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 256])
+    p.add_argument("--ops", nargs="+", default=["attention", "subsample", "conv_module"],
+                   choices=["attention", "subsample", "conv_module"])
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: the kernel sweeps time the kernels on a GPU; nothing to do")
+        return 0
+    from roofline import time_cuda
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    rows, ok = [], True
+    for op in a.ops:
+        for dname, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            for b in a.batches:
+                variants, make, reset = _cases(op, dtype, b)
+                base_us = base_out = None
+                for change in variants:
+                    name = ",".join(f"{k}={v}" for k, v in change.items()) or "default"
+                    head = {"op": op, "dtype": dname, "B": b, "variant": name}
+                    fn = make(change)
+                    try:
+                        reset()
+                        out = fn()
+                        out = (out[0] if isinstance(out, tuple) else out).float().clone()
+                        torch.cuda.synchronize()
+                        us = time_cuda(fn, warmup_ms=10, rep_ms=40) * 1e6
+                    except Exception as e:  # a variant that does not compile or launch is reported, not fatal
+                        rows.append({**head, "error": repr(e)[:200]})
+                        print(f"{op} {dname} B={b} {name}: failed: {e!r}"[:300], flush=True)
+                        continue
+                    if base_out is None:
+                        base_us, base_out = us, out
+                    err = float((out - base_out).abs().max() / base_out.abs().max().clamp_min(1e-30))
+                    good = err <= TOL[dtype]
+                    ok &= good
+                    rows.append({**head, "us": round(us, 1), "vs_default": round(base_us / us, 3),
+                                 "rel_err_vs_default": err, "within_tol": good})
+                    print(f"{op:<11} {dname} B={b:<4} {name:<44} {us:9.1f} us  x{base_us / us:5.2f} vs default  "
+                          f"err {err:.2e}{'' if good else '  OUT OF TOLERANCE'}", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
