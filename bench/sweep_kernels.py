@@ -45,14 +45,16 @@ ATTENTION = [
     {"CONTENT_DC": 32, "maxnreg": 128, "num_warps": 4},
     {"CONTENT_DC": 32, "maxnreg": 96},
 ]
-# (BLOCK_P, BLOCK_CI, num_warps) per stage; {} is the shipped table
+# (BLOCK_P, BLOCK_CI, num_warps) per stage; {} is the shipped table. Each compiles for sm_90 without spills in
+# fp32 and bf16 (offline ptxas; (128, 32, 16) spilled 800 bytes in fp32 and was left out)
 SUBSAMPLE = [
     {},
     {"stage1": (32, 32, 8), "stage2": (32, 16, 8)},
     {"stage1": (64, 16, 8), "stage2": (64, 16, 8)},
-    {"stage1": (128, 32, 16), "stage2": (128, 16, 16)},
     {"stage1": (32, 16, 4), "stage2": (32, 16, 4)},
+    {"stage1": (16, 32, 4), "stage2": (16, 16, 4)},
 ]
+# each compiles for sm_90 without spills (offline ptxas, 32-79 registers)
 CONV = [
     {},
     {"glu_rows": 4, "glu_d": 256},
@@ -161,8 +163,8 @@ def main(argv=None) -> int:
                                  "rel_err_vs_default": err, "within_tol": good})
                     print(f"{op:<11} {dname} B={b:<4} {name:<44} {us:9.1f} us  x{base_us / us:5.2f} vs default  "
                           f"err {err:.2e}{'' if good else '  OUT OF TOLERANCE'}", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+        if a.json:  # after each op: a run stopped by its time limit keeps what it measured
+            Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
     return 0 if ok else 1
 
 

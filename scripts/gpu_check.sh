@@ -3,7 +3,7 @@
 # Triton kernels at full shapes), the kernel and decoder microbenchmarks, the engine end to end on the demo model
 # (Triton + CUDA path against the reference, then throughput), and the Triton kernels' launch-configuration sweeps.
 # Writes everything under $OUT (default ./gpu_report) and prints a summary last. Each part has its own time limit
-# and the script goes on when one fails. The limits add up to 11 minutes, more than one device command's 600 s, but
+# and the script goes on when one fails. The limits add up to 12 minutes, more than one device command's 600 s, but
 # the parts rarely run to them (stop 8: three whole runs and two short calls fit in 15 minutes of device time). Run
 # it with timeout_s=600: what is under $OUT comes back even when the command is stopped, and the sweeps, last, are
 # what a stop would cut.
@@ -79,7 +79,7 @@ timeout ${BENCH_TIMEOUT:-120} $PY -m pytest $BENCHES -q -s -p no:cacheprovider -
 # 5. the Triton kernels' launch-configuration sweeps (attention first); SWEEP=0 skips them
 if [ "${SWEEP:-1}" != 0 ]; then
     echo "== kernel sweeps" >> "$OUT/bench.log"
-    timeout ${SWEEP_TIMEOUT:-100} $PY bench/sweep_kernels.py --json "$OUT/sweep.json" >> "$OUT/bench.log" 2>&1
+    timeout ${SWEEP_TIMEOUT:-150} $PY bench/sweep_kernels.py --json "$OUT/sweep.json" >> "$OUT/bench.log" 2>&1
     status sweep $?
 fi
 
