@@ -15,8 +15,10 @@ script does it in one pass, so one GPU run tells which configuration to make the
   Linear): (BLOCK_P positions, BLOCK_CI input channels, warps) of each stage.
 - conv_module (`kernels.conv_module._TILES["cuda"]`, swapped likewise; the GLU / depthwise / norm kernels, not the
   pointwise products): GLU rows x channels per program, the norm kernel's elements and warps.
+- decoder (`_ext.rnnt_greedy`, one step of 7 frames, N = 1, 4, 16, 64 streams): the per-stream kernel beside the
+  grid-wide one (`kernel="grid"`, not yet run on a GPU) and its launch options; tokens must be identical.
 
-For every op, dtype (fp32, bf16), batch (Nemotron shapes, R = 13) and variant: the output's largest error relative
+For every op, dtype (fp32, bf16), batch (Nemotron shapes, R = 13 or T = 14) and variant: the output's largest error relative
 to the default configuration's output (fp32 within 1e-5: the variants only reorder sums or change tiling; bf16
 within 2e-2) and the median time (`roofline.time_cuda`). Prints one line per variant with its time over the
 default's; --json writes the rows. Exit 1 if a variant's output leaves its tolerance. Without a GPU it says so and
@@ -62,6 +64,18 @@ CONV = [
     {"norm_elems": 1024, "norm_warps": 4},
     {"norm_elems": 4096, "norm_warps": 8},
 ]
+# the CUDA greedy decoder (`_ext.rnnt_greedy`), one step of 7 frames at the Nemotron decoder's shape: the per-stream
+# kernel (the engine's default, listed first so the others are compared with it) and the grid-wide kernel's launch
+# options; their tokens, frames and counts must be identical
+DECODER = [
+    {"kernel": "blocked"},
+    {"kernel": "grid"},
+    {"kernel": "grid", "threads": 128},
+    {"kernel": "grid", "threads": 128, "grid_blocks": 264},
+    {"kernel": "grid", "grid_blocks": 66},
+    {"kernel": "grid", "streams_per_block": 4},
+]
+DECODER_BATCHES = [1, 4, 16, 64]
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
@@ -88,6 +102,8 @@ def _cases(op: str, dtype, b: int):
     from nemotron_engine.kernels import subsample as sub_k
     from nemotron_engine.kernels.attention import paged_attention
 
+    if op == "decoder":
+        return _decoder_case(dtype, b)
     if op == "attention":
         cache, slots, n, look, x = ba._attention_inputs(b, 14, dtype)
 
@@ -120,12 +136,49 @@ def _cases(op: str, dtype, b: int):
     return CONV, make, lambda: pool.copy_(pool0)
 
 
+def _decoder_case(dtype, b: int):
+    from types import SimpleNamespace
+
+    import bench_decoder as bd  # noqa: E402
+    import torch.nn.functional as F
+
+    from nemotron_engine import _ext
+    from nemotron_engine.reference.decoder import initial_state
+
+    model = bd._get_model(dtype)
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(b)
+    sos = initial_state(model, 1)
+    pool0 = SimpleNamespace(h=sos.h.repeat(1, bd.POOL, 1), c=sos.c.repeat(1, bd.POOL, 1), pred=sos.pred.repeat(bd.POOL, 1),
+                            label=sos.label.repeat(bd.POOL))
+    cache = SimpleNamespace(**{k: v.clone().contiguous() for k, v in vars(pool0).items()})
+    slots = torch.randperm(bd.POOL, generator=g)[:b].cuda()
+    enc = torch.randn(b, bd.FRAMES, cfg.d_model, generator=g).to(device="cuda", dtype=dtype)
+    f = F.linear(enc, model.joint["enc.weight"], model.joint["enc.bias"]).contiguous()
+    lengths = torch.full((b,), bd.FRAMES, dtype=torch.int64, device="cuda")
+    offsets = torch.zeros(b, dtype=torch.int64, device="cuda")
+
+    def make(kw):
+        def fn():
+            tokens, frames, counts = _ext.rnnt_greedy(f, lengths, slots, offsets, cache.h, cache.c, cache.pred,
+                                                      cache.label, model.dec, model.joint,
+                                                      max_symbols=cfg.max_symbols, blank_id=cfg.blank_id, **kw)
+            keep = torch.arange(tokens.shape[1], device="cuda")[None, :] < counts[:, None].long()
+            return torch.cat([counts.float(), (tokens * keep).float().flatten(), (frames * keep).float().flatten()])
+        return fn
+
+    def reset():  # every variant's checked call decodes from the same state (the timed calls carry it on)
+        for k, v in vars(pool0).items():
+            getattr(cache, k).copy_(v)
+    return DECODER, make, reset
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default=None)
     p.add_argument("--batches", type=int, nargs="+", default=[16, 256])
-    p.add_argument("--ops", nargs="+", default=["attention", "subsample", "conv_module"],
-                   choices=["attention", "subsample", "conv_module"])
+    p.add_argument("--ops", nargs="+", default=["attention", "decoder", "subsample", "conv_module"],
+                   choices=["attention", "decoder", "subsample", "conv_module"])
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: the kernel sweeps time the kernels on a GPU; nothing to do")
@@ -137,8 +190,15 @@ def main(argv=None) -> int:
     rows, ok = [], True
     for op in a.ops:
         for dname, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            for b in a.batches:
-                variants, make, reset = _cases(op, dtype, b)
+            for b in DECODER_BATCHES if op == "decoder" else a.batches:
+                try:
+                    variants, make, reset = _cases(op, dtype, b)
+                except BaseException as e:  # e.g. pytest.skip from a bench module: the CUDA extension is missing
+                    if isinstance(e, KeyboardInterrupt):
+                        raise
+                    rows.append({"op": op, "dtype": dname, "B": b, "error": repr(e)[:200]})
+                    print(f"{op} {dname} B={b}: cannot set up: {e!r}"[:300], flush=True)
+                    continue
                 base_us = base_out = None
                 for change in variants:
                     name = ",".join(f"{k}={v}" for k, v in change.items()) or "default"
@@ -157,7 +217,7 @@ def main(argv=None) -> int:
                     if base_out is None:
                         base_us, base_out = us, out
                     err = float((out - base_out).abs().max() / base_out.abs().max().clamp_min(1e-30))
-                    good = err <= TOL[dtype]
+                    good = err <= (0.0 if op == "decoder" else TOL[dtype])
                     ok &= good
                     rows.append({**head, "us": round(us, 1), "vs_default": round(base_us / us, 3),
                                  "rel_err_vs_default": err, "within_tol": good})
