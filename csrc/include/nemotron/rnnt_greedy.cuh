@@ -576,6 +576,9 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
 // global memory (RnntGridWorkspace); reads of what another block wrote go through ld_cg (L2, not the SM's L1).
 
 constexpr int kRnntGridMaxBlocks = 1024;
+// Joint and projection rows a warp reduces at once. One: the grid has about as many warps as the joint has classes
+// (132 SMs x 8 warps = 1056 against 1025), so with kRnntRows = 4 three of a warp's four rows would be padding.
+constexpr int kRnntGridRows = 1;
 // At most 256 threads per block: with 8 streams per group the kernel needs more than the 128 registers per thread
 // that 512 would leave (ptxas: spills at G = 4 and 8).
 constexpr int kRnntGridMaxThreads = 256;
@@ -783,18 +786,18 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
           b_best[i] = -INFINITY;
           b_idx[i] = INT_MAX;
         }
-        for (int64_t v0 = gw; v0 < V1; v0 += kRnntRows * n_gw) {
-          const T* rows[kRnntRows];
+        for (int64_t v0 = gw; v0 < V1; v0 += kRnntGridRows * n_gw) {
+          const T* rows[kRnntGridRows];
 #pragma unroll
-          for (int r = 0; r < kRnntRows; ++r) {
+          for (int r = 0; r < kRnntGridRows; ++r) {
             const int64_t v = v0 + r * n_gw;
             rows[r] = p_out_w + (v < V1 ? v : v0) * J;  // rows past the end repeat v0, unused
           }
-          float acc[kRnntRows][G];
-          warp_dots<T, kRnntRows, G, kVec>(rows, vecs, live, J, lane, acc);
-          warp_allreduce<kRnntRows * G>(&acc[0][0]);
+          float acc[kRnntGridRows][G];
+          warp_dots<T, kRnntGridRows, G, kVec>(rows, vecs, live, J, lane, acc);
+          warp_allreduce<kRnntGridRows * G>(&acc[0][0]);
 #pragma unroll
-          for (int r = 0; r < kRnntRows; ++r) {
+          for (int r = 0; r < kRnntGridRows; ++r) {
             const int64_t v = v0 + r * n_gw;
             if (v < V1) {
               const float bias = Num<T>::load(p_out_b + v);
@@ -967,18 +970,18 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
         const float* vecs[G];
 #pragma unroll
         for (int i = 0; i < G; ++i) vecs[i] = s_h[i];
-        for (int64_t v0 = gw; v0 < J; v0 += kRnntRows * n_gw) {
-          const T* rows[kRnntRows];
+        for (int64_t v0 = gw; v0 < J; v0 += kRnntGridRows * n_gw) {
+          const T* rows[kRnntGridRows];
 #pragma unroll
-          for (int r = 0; r < kRnntRows; ++r) {
+          for (int r = 0; r < kRnntGridRows; ++r) {
             const int64_t v = v0 + r * n_gw;
             rows[r] = p_pred_w + (v < J ? v : v0) * H;
           }
-          float acc[kRnntRows][G];
-          warp_dots<T, kRnntRows, G, kVec>(rows, vecs, emit, H, lane, acc);
-          warp_allreduce<kRnntRows * G>(&acc[0][0]);
+          float acc[kRnntGridRows][G];
+          warp_dots<T, kRnntGridRows, G, kVec>(rows, vecs, emit, H, lane, acc);
+          warp_allreduce<kRnntGridRows * G>(&acc[0][0]);
 #pragma unroll
-          for (int r = 0; r < kRnntRows; ++r) {
+          for (int r = 0; r < kRnntGridRows; ++r) {
             const int64_t v = v0 + r * n_gw;
             if (v < J && lane == 0) {
               const float bias = Num<T>::load(p_pred_b + v);
