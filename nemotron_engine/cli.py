@@ -2,7 +2,9 @@
 
     nemotron-engine convert SRC.nemo OUT_DIR
     nemotron-engine transcribe [--model OUT_DIR] [--lookahead-ms 80|160|560|1120] [--json] [--timing] [--tokens]
-                               [FILE...]     (default: the shipped demo model and its examples)
+                               [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--backend torch|triton]
+                               [--decoder-kernel blocked|grid] [FILE...]
+                               (default: the shipped demo model and its examples, on the CPU)
     nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
     nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
 """
@@ -108,12 +110,16 @@ def cmd_transcribe(args) -> int:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"{model}: not a model directory (no config.json); give --model, a directory "
                                     "written by `nemotron-engine convert`")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device here (torch.cuda.is_available() is False; "
+                             f"torch {torch.__version__}); use --device cpu")
         t_load = time.perf_counter()
-        engine = Engine(model)
+        engine = Engine(model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend,
+                        decoder_kernel=args.decoder_kernel)
         t_load = time.perf_counter() - t_load
         if args.lookahead_ms is not None:
             engine.cfg.lookahead_from_ms(args.lookahead_ms)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: e.g. an invalid CUDA device index
         _err(str(e))
         return 2
     status = 0
@@ -190,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--json", action="store_true", help="one JSON object per file: file, text, tokens, timestamps_ms")
     t.add_argument("--timing", action="store_true", help="print audio seconds, wall time and real-time factor")
     t.add_argument("--tokens", action="store_true", help="print each token piece with its timestamp")
+    t.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights and activations (default float32, the parity dtype)")
+    t.add_argument("--backend", default=None, choices=["torch", "triton"],
+                   help="default: torch on the CPU, triton (Triton kernels + the CUDA decoder) on CUDA")
+    t.add_argument("--decoder-kernel", default="blocked", choices=["blocked", "grid"],
+                   help="the CUDA greedy decoder with --backend triton on CUDA (default blocked; see Engine)")
     t.add_argument("files", nargs="*", help="audio files (default: the model's examples/*.wav)")
     t.set_defaults(func=cmd_transcribe)
 

@@ -64,8 +64,13 @@ status "raw-module errors" $?
 # 3. the engine end to end on the shipped demo model
 MODEL=${GPU_MODEL:-weights/demo}
 if [ -d "$MODEL" ]; then
+    # the main job on the GPU, as a user runs it (both CUDA decoders)
+    for dk in blocked grid; do
+        timeout 60 bash scripts/demo.sh --device cuda --decoder-kernel $dk --model "$MODEL" >> "$OUT/engine.log" 2>&1
+        status "demo.sh --device cuda --decoder-kernel $dk" $?
+    done
     timeout ${ENGINE_TIMEOUT:-90} $PY bench/gpu_engine.py "$MODEL" "$MODEL"/examples/*.wav \
-        --json "$OUT/engine.json" > "$OUT/engine.log" 2>&1
+        --json "$OUT/engine.json" >> "$OUT/engine.log" 2>&1
     status engine $?
 fi
 

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
 
 import models
 from nemotron_engine.engine import Engine
@@ -58,3 +59,21 @@ def test_transcribe_lookahead_and_plain_text(tmp_path):
     r = subprocess.run(CLI + ["transcribe", "--model", str(out), "--lookahead-ms", "100", str(wav)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "100 ms" in r.stderr and "[80, 160, 560, 1120]" in r.stderr
+
+
+def test_transcribe_device_options(tmp_path, monkeypatch, capsys):
+    """--device / --dtype / --backend reach the engine (torch backend, bfloat16 on the CPU here); a CUDA device on a
+    machine without one is a clear error, exit 2."""
+    from nemotron_engine import cli
+
+    _, _, out = models.nemo_model("nemotron_like")
+    _, a = models.corpus()[0]
+    wav = tmp_path / "a.wav"
+    sf.write(wav, a, 16000, subtype="FLOAT")
+    want = Engine(out, dtype=torch.bfloat16).transcribe(a)
+    assert cli.main(["transcribe", "--model", str(out), "--device", "cpu", "--dtype", "bfloat16", "--backend", "torch",
+                     "--json", str(wav)]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == want.tokens
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["transcribe", "--model", str(out), "--device", "cuda", str(wav)]) == 2
+    assert "--device cuda: no CUDA device here" in capsys.readouterr().err
