@@ -461,6 +461,23 @@ def test_grid_kernel_emulated_on_cpu(size, dtype, b, t, g, threads, blocks):
     check_step(model, pool0, pool, enc, lengths, slots, offset, toks, stamps, kinds)
 
 
+def test_grid_kernel_emulated_nemotron_size():
+    """Nemotron's decoder shape (E = H = J = 640, 2 layers, 1025 classes, max_symbols 10; the 4-element load path over
+    many rows per warp): the grid kernel on 3 blocks, blocks in turn, equals the per-stream kernel bit for bit and
+    matches the reference (the capped stream emits 10 labels on each of its 3 frames)."""
+    model = make_model("nemotron", torch.float32, "cpu")
+    pool0, enc, lengths, slots, offset, kinds = make_step(model, 3, 3, seed=1)
+    blocked = clone_pool(pool0)
+    want = as_lists(*run_op(rnnt_greedy_emu, model, blocked, enc, lengths, slots, offset, streams_per_block=1))
+    pool = clone_pool(pool0)
+    got = as_lists(*run_op(rnnt_greedy_emu, model, pool, enc, lengths, slots, offset, streams_per_block=4,
+                           grid_blocks=3, schedule=BLOCKS_IN_TURN))
+    assert got == want
+    for name in ("h", "c", "pred", "label"):
+        assert torch.equal(getattr(pool, name), getattr(blocked, name)), name
+    check_step(model, pool0, pool, enc, lengths, slots, offset, *got, kinds)
+
+
 def test_grid_kernel_emulated_split_step_bad_slot_and_ties():
     """The grid-wide kernel: two launches equal one bit for bit; a slot outside the pool gets counts -1 and writes
     nothing; ties go to the lower index as in the reference."""
