@@ -18,6 +18,8 @@ a step into two launches, the streams-per-block variants, the torch twin `rnnt_g
 
 Without a GPU, the kernel's own source runs on the CPU under csrc/emu/cuda_emu.h (every CUDA thread a fiber,
 several schedules that would expose a missing __syncthreads) against the CPU reference, with the same checks.
+The grid-wide kernel (`kernel="grid"`, a cooperative launch) runs there with every block resident, under a fourth
+schedule that lets one block run ahead to its next grid barrier; it must equal the per-stream kernel bit for bit.
 """
 from __future__ import annotations
 
