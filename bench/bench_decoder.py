@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -45,7 +46,8 @@ STREAMS = [1, 16, 64, 256, 1024]
 FRAMES = 7  # R + 1 at R = 6
 POOL = 1024 + 64
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PROVIDERS = ["cuda", "grid", "torch", "ref"]
+# NEMOTRON_SKIP_GRID=1 (set by scripts/gpu_check.sh when the grid kernel's tests fail): leave the grid kernel out
+PROVIDERS = [p for p in ("cuda", "grid", "torch", "ref") if p != "grid" or os.environ.get("NEMOTRON_SKIP_GRID") != "1"]
 
 _ROWS: list[dict] = []
 

@@ -33,11 +33,20 @@ $PY -c "from nemotron_engine import _ext; print('extension:', _ext.build_info(),
 
 # 2. gpu-marked tests, one pytest process per file (a crash in one file does not hide the others' results)
 : > "$OUT/gpu_tests.log"
+# 2a. first the grid-wide decoder kernel (a cooperative launch never run on a GPU before stop 12), on its own and
+# briefly: if it fails or hangs, NEMOTRON_SKIP_GRID=1 keeps the benches, the sweep and the engine runs off it
+echo "=== tests/test_decoder_cuda.py -k grid_kernel" >> "$OUT/gpu_tests.log"
+timeout ${GRID_TEST_TIMEOUT:-90} $PY -m pytest -m gpu tests/test_decoder_cuda.py -k grid_kernel -q -rfE \
+    -p no:cacheprovider >> "$OUT/gpu_tests.log" 2>&1
+rc=$?
+status "gpu_tests grid kernel" $rc
+[ $rc -eq 0 ] || export NEMOTRON_SKIP_GRID=1
 T_END=$((SECONDS + ${GPU_TEST_TIMEOUT:-200}))
 for f in $(ls tests/test_kernels_*.py tests/test_decoder_cuda.py tests/test_extension.py 2>/dev/null); do
     left=$((T_END - SECONDS)); [ $left -gt 5 ] || { echo "$f: no time left" >> "$OUT/gpu_tests.log"; continue; }
     echo "=== $f" >> "$OUT/gpu_tests.log"
-    timeout $left $PY -m pytest -m gpu "$f" -q -rfE -p no:cacheprovider --durations=5 >> "$OUT/gpu_tests.log" 2>&1
+    timeout $left $PY -m pytest -m gpu "$f" -k "not grid_kernel" -q -rfE -p no:cacheprovider --durations=5 \
+        >> "$OUT/gpu_tests.log" 2>&1
     status "gpu_tests $f" $?
 done
 grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.log"
@@ -65,7 +74,7 @@ status "raw-module errors" $?
 MODEL=${GPU_MODEL:-weights/demo}
 if [ -d "$MODEL" ]; then
     # the main job on the GPU, as a user runs it (both CUDA decoders)
-    for dk in blocked grid; do
+    for dk in blocked $([ "${NEMOTRON_SKIP_GRID:-0}" = 1 ] || echo grid); do
         timeout 60 bash scripts/demo.sh --device cuda --decoder-kernel $dk --model "$MODEL" >> "$OUT/engine.log" 2>&1
         status "demo.sh --device cuda --decoder-kernel $dk" $?
     done
