@@ -21,7 +21,7 @@ script does it in one pass, so one GPU run tells which configuration to make the
 For every op, dtype (fp32, bf16), batch (Nemotron shapes, R = 13 or T = 14) and variant: the output's largest error relative
 to the default configuration's output (fp32 within 1e-5: the variants only reorder sums or change tiling; bf16
 within 2e-2) and the median time (`roofline.time_cuda`). Prints one line per variant with its time over the
-default's; --json writes the rows. Exit 1 if a variant's output leaves its tolerance. Without a GPU it says so and
+default's, then the fastest variant of each case; --json writes the rows. Exit 1 if a variant's output leaves its tolerance. Without a GPU it says so and
 exits 0.
 """
 from __future__ import annotations
@@ -228,7 +228,18 @@ def main(argv=None) -> int:
                           f"err {err:.2e}{'' if good else '  OUT OF TOLERANCE'}", flush=True)
         if a.json:  # after each op: a run stopped by its time limit keeps what it measured
             Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    print("\n".join(["", "fastest variant within tolerance (x = default's time / its time):", *best(rows)]), flush=True)
     return 0 if ok else 1
+
+
+def best(rows: list[dict]) -> list[str]:
+    """One line per (op, dtype, batch): the fastest variant whose output stayed within tolerance."""
+    groups: dict = {}
+    for r in rows:
+        if "us" in r and r["within_tol"]:
+            groups.setdefault((r["op"], r["dtype"], r["B"]), []).append(r)
+    return [f"{op:<11} {dt} B={b:<4} {min(g, key=lambda r: r['us'])['variant']:<44} "
+            f"x{min(g, key=lambda r: r['us'])['vs_default']:.2f}" for (op, dt, b), g in groups.items()]
 
 
 if __name__ == "__main__":

@@ -118,3 +118,15 @@ def test_decoder_variants_pass_the_wrapper_checks():
     for kw in SWEEP.DECODER:
         with pytest.raises(ValueError, match="f must be a CUDA tensor"):
             _ext.rnnt_greedy(**a, **kw)
+
+
+def test_best_variant_summary():
+    rows = [{"op": "attention", "dtype": "fp32", "B": 16, "variant": "default", "us": 10.0, "vs_default": 1.0,
+             "within_tol": True},
+            {"op": "attention", "dtype": "fp32", "B": 16, "variant": "maxnreg=128", "us": 5.0, "vs_default": 2.0,
+             "within_tol": True},
+            {"op": "attention", "dtype": "fp32", "B": 16, "variant": "num_stages=1", "us": 4.0, "vs_default": 2.5,
+             "within_tol": False},
+            {"op": "attention", "dtype": "fp32", "B": 16, "variant": "num_warps=4", "error": "RuntimeError()"}]
+    (line,) = SWEEP.best(rows)
+    assert "maxnreg=128" in line and "x2.00" in line
