@@ -29,26 +29,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("skipped"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
   m.def("rnnt_greedy", &nemotron::rnnt_greedy,
         "Batched greedy RNN-T decoding of one step, pool state updated in place (greedy_decode / rnnt_greedy_ref); "
-        "returns the streams per block used.",
+        "kernel 'blocked' or 'grid' (a cooperative launch, with a workspace); returns the streams per block used.",
         py::arg("f"), py::arg("lengths"), py::arg("slots"), py::arg("frame_offset"), py::arg("h"), py::arg("c"),
         py::arg("pred"), py::arg("label"), py::arg("embed"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
         py::arg("b_hh"), py::arg("pred_w"), py::arg("pred_b"), py::arg("out_w"), py::arg("out_b"), py::arg("tokens"),
         py::arg("frames"), py::arg("counts"), py::arg("dtype"), py::arg("n_streams"), py::arg("n_frames"),
         py::arg("pool_size"), py::arg("embed_dim"), py::arg("hidden"), py::arg("joint_hidden"), py::arg("n_classes"),
         py::arg("blank"), py::arg("max_symbols"), py::arg("streams_per_block"), py::arg("stream"),
-        py::call_guard<py::gil_scoped_release>());
-  m.def("rnnt_greedy_grid", &nemotron::rnnt_greedy_grid,
-        "rnnt_greedy on every block of the GPU at once (cooperative launch; bit-identical results); returns "
-        "[blocks, streams per group].",
-        py::arg("f"), py::arg("lengths"), py::arg("slots"), py::arg("frame_offset"), py::arg("h"), py::arg("c"),
-        py::arg("pred"), py::arg("label"), py::arg("embed"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
-        py::arg("b_hh"), py::arg("pred_w"), py::arg("pred_b"), py::arg("out_w"), py::arg("out_b"), py::arg("tokens"),
-        py::arg("frames"), py::arg("counts"), py::arg("dtype"), py::arg("n_streams"), py::arg("n_frames"),
-        py::arg("pool_size"), py::arg("embed_dim"), py::arg("hidden"), py::arg("joint_hidden"), py::arg("n_classes"),
-        py::arg("blank"), py::arg("max_symbols"), py::arg("workspace"), py::arg("workspace_bytes"),
-        py::arg("streams_per_group"), py::arg("grid_blocks"), py::arg("threads"), py::arg("stream"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("kernel") = "blocked", py::arg("workspace") = 0, py::arg("workspace_bytes") = 0,
+        py::arg("grid_blocks") = 0, py::arg("threads") = 0, py::call_guard<py::gil_scoped_release>());
   m.def("rnnt_grid_workspace_bytes", &nemotron::rnnt_grid_workspace_bytes,
-        "Bytes of workspace rnnt_greedy_grid needs.", py::arg("layers"), py::arg("hidden"), py::arg("joint_hidden"),
-        py::arg("streams_per_group"));
+        "Bytes of workspace rnnt_greedy needs with kernel='grid'.", py::arg("layers"), py::arg("hidden"),
+        py::arg("joint_hidden"), py::arg("streams_per_group"));
 }

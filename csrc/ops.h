@@ -48,7 +48,7 @@ void write_rows(std::uintptr_t pool,        // [num_pages, page_size, row_elems]
 
 // Batched greedy RNN-T decoding of one step for every stream, state in the pool updated in place at slots.
 // Reference: nemotron_engine/reference/decoder.py greedy_decode (nemotron_engine._ext.rnnt_greedy_ref).
-// Returns the streams per block it launched with.
+// Returns the streams per block (or per group) it launched with.
 int rnnt_greedy(std::uintptr_t f,             // [B, T, J] joint.enc(enc), dtype
                 std::uintptr_t lengths,       // [B] int64
                 std::uintptr_t slots,         // [B] int64, distinct
@@ -72,28 +72,17 @@ int rnnt_greedy(std::uintptr_t f,             // [B, T, J] joint.enc(enc), dtype
                 int dtype,                    // DType of f, the state and the weights
                 int64_t n_streams, int64_t n_frames, int64_t pool_size, int64_t embed_dim, int64_t hidden,
                 int64_t joint_hidden, int64_t n_classes, int64_t blank, int64_t max_symbols,
-                int64_t streams_per_block,    // 0: auto, or 1, 2, 4
-                std::uintptr_t stream);
+                int64_t streams_per_block,    // 0: auto, or 1, 2, 4 ("grid": streams per group, also 8)
+                std::uintptr_t stream,        // cudaStream_t
+                // "blocked" (one block per stream, or per 2 or 4), or "grid": every block of the GPU on every stream
+                // at once (rnnt_greedy_grid_kernel, a cooperative launch; up to 8 streams in lock step per group,
+                // groups one after another), bit-identical results. "grid" only: a float workspace of at least
+                // rnnt_grid_workspace_bytes(...) bytes (no initialisation needed), grid blocks (0: one per SM) and
+                // threads per block (0: 256, the most).
+                const std::string& kernel, std::uintptr_t workspace, int64_t workspace_bytes, int64_t grid_blocks,
+                int64_t threads);
 
-// The same step on every block of the GPU at once (rnnt_greedy_grid_kernel, a cooperative launch): up to 8 streams
-// per group decode in lock step, groups one after another, each matrix-vector product spread over the whole grid.
-// Same arguments as rnnt_greedy, then a float workspace of at least rnnt_grid_workspace_bytes(...) bytes (its
-// contents need no initialisation), streams per group (0: auto, or 1, 2, 4, 8), grid blocks (0: one per SM) and
-// threads per block (0: 256, the most). Bit-identical results to rnnt_greedy. Returns {blocks launched, streams per group}.
-std::vector<int64_t> rnnt_greedy_grid(std::uintptr_t f, std::uintptr_t lengths, std::uintptr_t slots,
-                                      std::uintptr_t frame_offset, std::uintptr_t h, std::uintptr_t c,
-                                      std::uintptr_t pred, std::uintptr_t label, std::uintptr_t embed,
-                                      const std::vector<std::uintptr_t>& w_ih, const std::vector<std::uintptr_t>& w_hh,
-                                      const std::vector<std::uintptr_t>& b_ih, const std::vector<std::uintptr_t>& b_hh,
-                                      std::uintptr_t pred_w, std::uintptr_t pred_b, std::uintptr_t out_w,
-                                      std::uintptr_t out_b, std::uintptr_t tokens, std::uintptr_t frames,
-                                      std::uintptr_t counts, int dtype, int64_t n_streams, int64_t n_frames,
-                                      int64_t pool_size, int64_t embed_dim, int64_t hidden, int64_t joint_hidden,
-                                      int64_t n_classes, int64_t blank, int64_t max_symbols,
-                                      std::uintptr_t workspace, int64_t workspace_bytes, int64_t streams_per_group,
-                                      int64_t grid_blocks, int64_t threads, std::uintptr_t stream);
-
-// Bytes of workspace rnnt_greedy_grid needs (arithmetic only; no device needed).
+// Bytes of workspace rnnt_greedy needs with kernel "grid" (arithmetic only; no device needed).
 int64_t rnnt_grid_workspace_bytes(int64_t layers, int64_t hidden, int64_t joint_hidden, int64_t streams_per_group);       // cudaStream_t
 
 }  // namespace nemotron

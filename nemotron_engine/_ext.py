@@ -419,21 +419,21 @@ def rnnt_greedy(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, fra
     tokens = torch.empty(b, t * max_symbols, dtype=torch.int32, device=dev)
     frames = torch.empty(b, t * max_symbols, dtype=torch.int32, device=dev)
     counts = torch.empty(b, dtype=torch.int32, device=dev)
-    args = (f.data_ptr(), lengths.data_ptr(), slots.data_ptr(), frame_offset.data_ptr(), h.data_ptr(), c.data_ptr(),
-            pred.data_ptr(), label.data_ptr(), embed.data_ptr(), [x.data_ptr() for x in lstm[0::4]],
-            [x.data_ptr() for x in lstm[1::4]], [x.data_ptr() for x in lstm[2::4]], [x.data_ptr() for x in lstm[3::4]],
-            jw["pred.weight"].data_ptr(), jw["pred.bias"].data_ptr(), jw["out.weight"].data_ptr(),
-            jw["out.bias"].data_ptr(), tokens.data_ptr(), frames.data_ptr(), counts.data_ptr(),
-            _dtype_code(ext, f.dtype), b, t, s, e, hidden, j, n_classes, blank_id, max_symbols)
+    workspace, n_bytes = None, 0
+    if kernel == "grid":  # sized for the largest group the kernel may pick (auto: up to 8), needs no initialisation
+        n_bytes = ext.rnnt_grid_workspace_bytes(layers, hidden, j, streams_per_block or 8)
+        workspace = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev)
     with torch.cuda.device(dev):
-        cuda_stream = torch.cuda.current_stream(dev).cuda_stream
-        if kernel == "blocked":
-            ext.rnnt_greedy(*args, streams_per_block, cuda_stream)
-        else:
-            group = streams_per_block or next(g for g in (1, 2, 4, 8) if g >= min(b, 8))
-            n_bytes = ext.rnnt_grid_workspace_bytes(layers, hidden, j, group)
-            workspace = torch.empty(n_bytes // 4, dtype=torch.float32, device=dev)  # needs no initialisation
-            ext.rnnt_greedy_grid(*args, workspace.data_ptr(), n_bytes, group, grid_blocks, threads, cuda_stream)
+        ext.rnnt_greedy(f.data_ptr(), lengths.data_ptr(), slots.data_ptr(), frame_offset.data_ptr(), h.data_ptr(),
+                        c.data_ptr(), pred.data_ptr(), label.data_ptr(), embed.data_ptr(),
+                        [x.data_ptr() for x in lstm[0::4]], [x.data_ptr() for x in lstm[1::4]],
+                        [x.data_ptr() for x in lstm[2::4]], [x.data_ptr() for x in lstm[3::4]],
+                        jw["pred.weight"].data_ptr(), jw["pred.bias"].data_ptr(), jw["out.weight"].data_ptr(),
+                        jw["out.bias"].data_ptr(), tokens.data_ptr(), frames.data_ptr(), counts.data_ptr(),
+                        _dtype_code(ext, f.dtype), b, t, s, e, hidden, j, n_classes, blank_id, max_symbols,
+                        streams_per_block, torch.cuda.current_stream(dev).cuda_stream, kernel=kernel,
+                        workspace=0 if workspace is None else workspace.data_ptr(), workspace_bytes=n_bytes,
+                        grid_blocks=grid_blocks, threads=threads)
     return tokens, frames, counts
 
 

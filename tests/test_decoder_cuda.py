@@ -610,8 +610,8 @@ def test_kernel_without_gpu_raises_runtime_error():
         c.rnnt_greedy(0, 0, 0, 0, 0, 0, 0, 0, 0, [0], [0], [0], [0], 0, 0, 0, 0, 0, 0, 0, c.DTYPE_FLOAT32, 1, 1, 1,
                       1, 1, 1, 2, 1, 1, 0, 0)
     with pytest.raises(RuntimeError, match=r"no CUDA device available \(cudaGetDeviceCount"):
-        c.rnnt_greedy_grid(0, 0, 0, 0, 0, 0, 0, 0, 0, [0], [0], [0], [0], 0, 0, 0, 0, 0, 0, 0, c.DTYPE_FLOAT32, 1, 1,
-                           1, 1, 1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 0)
+        c.rnnt_greedy(0, 0, 0, 0, 0, 0, 0, 0, 0, [0], [0], [0], [0], 0, 0, 0, 0, 0, 0, 0, c.DTYPE_FLOAT32, 1, 1, 1,
+                      1, 1, 1, 2, 1, 1, 0, 0, kernel="grid")
 
 
 def test_grid_workspace_bytes():

@@ -127,74 +127,6 @@ inline void fiber_entry() {
   swapcontext(&f.ctx, &g_block->scheduler);
 }
 
-// Runs body() as grid x block CUDA threads; schedule 0 forward, 1 reversed, >= 2 shuffled with that seed.
-// Throws std::runtime_error on a barrier that cannot be released.
-inline void launch(unsigned grid, unsigned block, size_t smem_bytes, const std::function<void()>& body,
-                   unsigned schedule) {
-  if (block == 0 || block % 32 != 0) throw std::runtime_error("emu: blockDim.x must be a positive multiple of 32");
-  std::mt19937 rng(schedule);
-  for (unsigned b = 0; b < grid; ++b) {
-    Block blk;
-    blk.body = &body;
-    blk.smem.assign(smem_bytes + 16, 0xFF);  // NaN floats, -1 ints
-    blk.warp_buf.assign(static_cast<size_t>(block / 32) * 32 * kMaxReduce, 0.f);
-    blk.fibers.resize(block);
-    g_block = &blk;
-    g_block_idx.x = b;
-    g_block_dim.x = block;
-    g_grid_dim.x = grid;
-    for (unsigned i = 0; i < block; ++i) {
-      Fiber& f = blk.fibers[i];
-      f.stack.resize(256 * 1024);
-      getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = f.stack.data();
-      f.ctx.uc_stack.ss_size = f.stack.size();
-      f.ctx.uc_link = nullptr;
-      makecontext(&f.ctx, fiber_entry, 0);
-    }
-    std::vector<unsigned> order(block);
-    for (unsigned i = 0; i < block; ++i) order[i] = i;
-    if (schedule == 1) std::reverse(order.begin(), order.end());
-    while (true) {
-      if (schedule >= 2) std::shuffle(order.begin(), order.end(), rng);
-      for (unsigned i : order) {
-        if (blk.fibers[i].wait != Wait::kNone) continue;
-        blk.current = i;
-        g_thread_idx.x = i;
-        swapcontext(&blk.scheduler, &blk.fibers[i].ctx);
-      }
-      // every fiber is done or waiting: release what can be released
-      unsigned done = 0, at_block = 0;
-      for (auto& f : blk.fibers) {
-        done += f.wait == Wait::kDone;
-        at_block += f.wait == Wait::kBlock;
-      }
-      if (done == block) break;
-      bool released = false;
-      for (unsigned w = 0; w < block / 32; ++w) {
-        bool all = true;
-        for (unsigned l = 0; l < 32; ++l) all = all && blk.fibers[w * 32 + l].wait == Wait::kWarp;
-        if (all) {
-          for (unsigned l = 0; l < 32; ++l) blk.fibers[w * 32 + l].wait = Wait::kNone;
-          released = true;
-        }
-      }
-      if (!released && at_block == block) {
-        for (auto& f : blk.fibers) f.wait = Wait::kNone;
-        released = true;
-      }
-      if (!released) {
-        std::string msg = "emu: deadlock in block " + std::to_string(b) + ": " + std::to_string(done) +
-                          " threads returned, " + std::to_string(at_block) + " at __syncthreads, " +
-                          std::to_string(block - done - at_block) + " at a warp exchange";
-        g_block = nullptr;
-        throw std::runtime_error(msg);  // the fibers' stacks are dropped with blk
-      }
-    }
-    g_block = nullptr;
-  }
-}
-
 // Releases the warp exchanges and the __syncthreads of one block whose threads have all arrived; true if any.
 inline bool release_block(Block& blk, unsigned block) {
   bool released = false;
@@ -219,25 +151,20 @@ inline bool release_block(Block& blk, unsigned block) {
 // grid_sync (or returned) before the next block runs: one block far ahead of another, as can happen on a GPU.
 constexpr unsigned kBlocksInTurn = 3;
 
-// Runs body() as grid x block CUDA threads with every block resident at once, as cudaLaunchCooperativeKernel does:
-// fibers of all blocks interleave (schedule 0 forward, 1 reversed, kBlocksInTurn, others shuffled with that seed),
-// and grid_sync releases when every thread of every block has reached it. Throws std::runtime_error on a barrier
-// that cannot be released.
-inline void launch_cooperative(unsigned grid, unsigned block, size_t smem_bytes, const std::function<void()>& body,
-                               unsigned schedule) {
-  if (block == 0 || block % 32 != 0) throw std::runtime_error("emu: blockDim.x must be a positive multiple of 32");
-  std::mt19937 rng(schedule);
-  std::vector<Block> blocks(grid);
-  for (unsigned b = 0; b < grid; ++b) {
-    Block& blk = blocks[b];
+// Runs blocks first .. first + count - 1 of a grid of `grid` blocks, all resident at once, to completion: their
+// fibers interleave in `schedule`'s order (0 forward, 1 reversed, kBlocksInTurn, others shuffled by rng), and
+// grid_sync (cooperative only) releases when every thread of these blocks has reached it.
+inline void run_blocks(unsigned grid, unsigned first, unsigned count, unsigned block, size_t smem_bytes,
+                       const std::function<void()>& body, unsigned schedule, bool cooperative, std::mt19937& rng) {
+  std::vector<Block> blocks(count);
+  for (Block& blk : blocks) {
     blk.body = &body;
-    blk.cooperative = true;
+    blk.cooperative = cooperative;
     blk.smem.assign(smem_bytes + 16, 0xFF);  // NaN floats, -1 ints
     blk.warp_buf.assign(static_cast<size_t>(block / 32) * 32 * kMaxReduce, 0.f);
     blk.fibers.resize(block);
-    for (unsigned i = 0; i < block; ++i) {
-      Fiber& f = blk.fibers[i];
-      f.stack.resize(128 * 1024);
+    for (Fiber& f : blk.fibers) {
+      f.stack.resize(256 * 1024);
       getcontext(&f.ctx);
       f.ctx.uc_stack.ss_sp = f.stack.data();
       f.ctx.uc_stack.ss_size = f.stack.size();
@@ -251,14 +178,14 @@ inline void launch_cooperative(unsigned grid, unsigned block, size_t smem_bytes,
     Block& blk = blocks[b];
     if (blk.fibers[i].wait != Wait::kNone) return;
     g_block = &blk;
-    g_block_idx.x = b;
+    g_block_idx.x = first + b;
     blk.current = i;
     g_thread_idx.x = i;
     swapcontext(&blk.scheduler, &blk.fibers[i].ctx);
     g_block = nullptr;
   };
   std::vector<std::pair<unsigned, unsigned>> order;
-  for (unsigned b = 0; b < grid; ++b) {
+  for (unsigned b = 0; b < count; ++b) {
     for (unsigned i = 0; i < block; ++i) order.emplace_back(b, i);
   }
   if (schedule == 1) std::reverse(order.begin(), order.end());
@@ -266,7 +193,7 @@ inline void launch_cooperative(unsigned grid, unsigned block, size_t smem_bytes,
   while (true) {
     bool released = false;
     if (schedule == kBlocksInTurn) {
-      for (unsigned b = grid; b-- > 0;) {
+      for (unsigned b = count; b-- > 0;) {
         do {
           for (unsigned i = 0; i < block; ++i) run(b, i);
         } while (release_block(blocks[b], block));
@@ -290,12 +217,31 @@ inline void launch_cooperative(unsigned grid, unsigned block, size_t smem_bytes,
       }
       released = true;
     }
-    if (!released) {
-      throw std::runtime_error("emu: deadlock in a cooperative launch: " + std::to_string(done) +
+    if (!released) {  // the fibers' stacks are dropped with `blocks`
+      throw std::runtime_error("emu: deadlock in blocks " + std::to_string(first) + ".." +
+                               std::to_string(first + count - 1) + ": " + std::to_string(done) +
                                " threads returned, " + std::to_string(at_grid) + " at grid_sync, " +
                                std::to_string(total - done - at_grid) + " at __syncthreads or a warp exchange");
     }
   }
+}
+
+// Runs body() as grid x block CUDA threads, one block after another; schedule 0 forward, 1 reversed, >= 2
+// shuffled with that seed. Throws std::runtime_error on a barrier that cannot be released.
+inline void launch(unsigned grid, unsigned block, size_t smem_bytes, const std::function<void()>& body,
+                   unsigned schedule) {
+  if (block == 0 || block % 32 != 0) throw std::runtime_error("emu: blockDim.x must be a positive multiple of 32");
+  std::mt19937 rng(schedule);
+  for (unsigned b = 0; b < grid; ++b) run_blocks(grid, b, 1, block, smem_bytes, body, schedule, false, rng);
+}
+
+// Runs body() as grid x block CUDA threads with every block resident at once, as cudaLaunchCooperativeKernel does
+// (schedules as in run_blocks). Throws std::runtime_error on a barrier that cannot be released.
+inline void launch_cooperative(unsigned grid, unsigned block, size_t smem_bytes, const std::function<void()>& body,
+                               unsigned schedule) {
+  if (block == 0 || block % 32 != 0) throw std::runtime_error("emu: blockDim.x must be a positive multiple of 32");
+  std::mt19937 rng(schedule);
+  run_blocks(grid, 0, grid, block, smem_bytes, body, schedule, true, rng);
 }
 
 }  // namespace emu

@@ -248,6 +248,203 @@ __device__ __forceinline__ float sigmoid_f(float x) {
   return 1.0f / (1.0f + expf(-x));
 }
 
+// Per-stream control of the G streams decoded together, identical in every thread that holds it (32-bit: the
+// launcher bounds B, S, T * max_symbols, V1 and frame numbers below 2^31).
+template <int G>
+struct StreamCtl {
+  int i_b[G], slot[G], last[G], len[G], t[G], n_sym[G], count[G], offset[G];
+  unsigned valid;  // streams with a slot inside the pool
+  unsigned live;   // streams with frames left
+
+  // streams first .. first + G - 1 of the step
+  __device__ __forceinline__ void init(const RnntGreedyParams& p, int64_t first) {
+    valid = 0;
+    live = 0;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      i_b[i] = static_cast<int>(first) + i;
+      slot[i] = -1;
+      last[i] = 0;
+      len[i] = 0;
+      t[i] = 0;
+      n_sym[i] = 0;
+      count[i] = 0;
+      offset[i] = 0;
+      if (i_b[i] < p.n_streams) {
+        const int64_t s = p.slots[i_b[i]];
+        if (s >= 0 && s < p.pool_size) {
+          valid |= 1u << i;
+          slot[i] = static_cast<int>(s);
+          const int64_t n = p.lengths[i_b[i]];
+          len[i] = static_cast<int>(n < 0 ? 0 : (n > p.n_frames ? p.n_frames : n));
+          offset[i] = static_cast<int>(p.frame_offset[i_b[i]]);
+          last[i] = static_cast<int>(p.label[slot[i]]);
+          if (len[i] > 0) live |= 1u << i;
+        }
+      }
+    }
+  }
+
+  // The greedy decision of live stream i on label k: blank moves to the next frame; any other label is emitted (the
+  // thread with `writer` set writes it) and, after max_symbols labels on one frame, also moves on. True if emitted.
+  __device__ __forceinline__ bool decide(const RnntGreedyParams& p, int i, int k, bool writer) {
+    bool emitted = false;
+    if (k == p.blank) {
+      ++t[i];
+      n_sym[i] = 0;
+    } else {
+      emitted = true;
+      if (writer) {
+        p.tokens[i_b[i] * p.max_out + count[i]] = k;
+        p.frames[i_b[i] * p.max_out + count[i]] = offset[i] + t[i];
+      }
+      ++count[i];
+      last[i] = k;
+      if (++n_sym[i] == p.max_symbols) {
+        ++t[i];
+        n_sym[i] = 0;
+      }
+    }
+    if (t[i] >= len[i]) live &= ~(1u << i);
+    return emitted;
+  }
+
+  // counts[b] for the step's streams among these: labels emitted, -1 for a slot outside the pool (one thread)
+  __device__ __forceinline__ void write_counts(const RnntGreedyParams& p) const {
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      if (i_b[i] < p.n_streams) p.counts[i_b[i]] = (valid & (1u << i)) ? count[i] : -1;
+    }
+  }
+};
+
+// (best, idx) = the argmax of itself and (b, bi) in torch's order
+__device__ __forceinline__ void argmax_fold(float b, int bi, float& best, int& idx) {
+  if (argmax_better(b, bi, best, idx)) {
+    best = b;
+    idx = bi;
+  }
+}
+
+// The calling warp's argmax per stream (streams in `mask`) over the joint rows v = first, first + stride, ... < V1:
+// logit = round(out_w[v] . vecs[i] + out_b[v]); R rows per pass (rows past the end repeat the pass's first, unused).
+template <typename T, int R, int G, bool kVec>
+__device__ __forceinline__ void joint_argmax_rows(const RnntGreedyParams& p, const float* const (&vecs)[G],
+                                                  unsigned mask, int64_t first, int64_t stride, int lane,
+                                                  float (&best)[G], int (&idx)[G]) {
+  const T* p_out_w = static_cast<const T*>(p.out_w);
+  const T* p_out_b = static_cast<const T*>(p.out_b);
+  const int64_t V1 = p.n_classes, J = p.joint_hidden;
+#pragma unroll
+  for (int i = 0; i < G; ++i) {
+    best[i] = -INFINITY;
+    idx[i] = INT_MAX;
+  }
+  for (int64_t v0 = first; v0 < V1; v0 += R * stride) {
+    const T* rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t v = v0 + r * stride;
+      rows[r] = p_out_w + (v < V1 ? v : v0) * J;
+    }
+    float acc[R][G];
+    warp_dots<T, R, G, kVec>(rows, vecs, mask, J, lane, acc);
+    warp_allreduce<R * G>(&acc[0][0]);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t v = v0 + r * stride;
+      if (v < V1) {
+        const float bias = Num<T>::load(p_out_b + v);
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          if (mask & (1u << i)) argmax_fold(Num<T>::round(acc[r][i] + bias), static_cast<int>(v), best[i], idx[i]);
+        }
+      }
+    }
+  }
+}
+
+// joint.pred rows v = first, first + stride, ... < J of the streams in `mask`: dst[i][v] = round(pred_w[v] .
+// vecs[i] + pred_b[v]), written by lane 0; R rows per pass.
+template <typename T, int R, int G, bool kVec>
+__device__ __forceinline__ void pred_rows(const RnntGreedyParams& p, const float* const (&vecs)[G],
+                                          float* const (&dst)[G], unsigned mask, int64_t first, int64_t stride,
+                                          int lane) {
+  const T* p_pred_w = static_cast<const T*>(p.pred_w);
+  const T* p_pred_b = static_cast<const T*>(p.pred_b);
+  const int64_t J = p.joint_hidden, H = p.hidden;
+  for (int64_t v0 = first; v0 < J; v0 += R * stride) {
+    const T* rows[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t v = v0 + r * stride;
+      rows[r] = p_pred_w + (v < J ? v : v0) * H;
+    }
+    float acc[R][G];
+    warp_dots<T, R, G, kVec>(rows, vecs, mask, H, lane, acc);
+    warp_allreduce<R * G>(&acc[0][0]);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int64_t v = v0 + r * stride;
+      if (v < J && lane == 0) {
+        const float bias = Num<T>::load(p_pred_b + v);
+#pragma unroll
+        for (int i = 0; i < G; ++i) {
+          if (mask & (1u << i)) dst[i][v] = Num<T>::round(acc[r][i] + bias);
+        }
+      }
+    }
+  }
+}
+
+// The four gates (i, f, g, o) of hidden unit u of LSTM layer l for the streams in `mask`, from its input x_in
+// (K_in = E for layer 0, H above) and h_in: F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh), each rounded to the
+// storage type. Lane i returns stream i's gates (the other lanes' values are unused).
+template <typename T, int G, bool kVec>
+__device__ __forceinline__ void lstm_gates(const RnntGreedyParams& p, int64_t l, int64_t u,
+                                           const float* const (&x_in)[G], const float* const (&h_in)[G],
+                                           unsigned mask, int lane, float (&gate)[4]) {
+  const int64_t H = p.hidden, K_in = l == 0 ? p.embed_dim : H;
+  const T* p_wih = static_cast<const T*>(p.w_ih[l]);
+  const T* p_whh = static_cast<const T*>(p.w_hh[l]);
+  const T* p_bih = static_cast<const T*>(p.b_ih[l]);
+  const T* p_bhh = static_cast<const T*>(p.b_hh[l]);
+  // rows u, H + u, 2H + u, 3H + u: gates i, f, g, o of hidden unit u
+  const T* rows_ih[4] = {p_wih + u * K_in, p_wih + (H + u) * K_in, p_wih + (2 * H + u) * K_in,
+                         p_wih + (3 * H + u) * K_in};
+  const T* rows_hh[4] = {p_whh + u * H, p_whh + (H + u) * H, p_whh + (2 * H + u) * H, p_whh + (3 * H + u) * H};
+  float acc[2][4][G];
+  warp_dots<T, 4, G, kVec>(rows_ih, x_in, mask, K_in, lane, acc[0]);
+  warp_dots<T, 4, G, kVec>(rows_hh, h_in, mask, H, lane, acc[1]);
+  warp_allreduce<8 * G>(&acc[0][0][0]);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float b_i = Num<T>::load(p_bih + q * H + u);
+    const float b_h = Num<T>::load(p_bhh + q * H + u);
+    float a_ih = 0.f, a_hh = 0.f;
+#pragma unroll
+    for (int i = 0; i < G; ++i) {
+      if (lane == i) {
+        a_ih = acc[0][q][i];
+        a_hh = acc[1][q][i];
+      }
+    }
+    gate[q] = Num<T>::round(__fadd_rn(Num<T>::round(a_ih + b_i), Num<T>::round(a_hh + b_h)));
+  }
+}
+
+// The LSTM cell from its gates: c1 = sigmoid(f) * c + sigmoid(i) * tanh(g); h1 = sigmoid(o) * tanh(c1), op by op
+// and rounded to the storage type as torch does.
+template <typename T>
+__device__ __forceinline__ void lstm_cell(const float (&gate)[4], float c_old, float& c1, float& h1) {
+  const float s_i = Num<T>::round(sigmoid_f(gate[0]));
+  const float s_f = Num<T>::round(sigmoid_f(gate[1]));
+  const float t_g = Num<T>::round(tanhf(gate[2]));
+  const float s_o = Num<T>::round(sigmoid_f(gate[3]));
+  c1 = Num<T>::round(__fadd_rn(Num<T>::round(__fmul_rn(s_f, c_old)), Num<T>::round(__fmul_rn(s_i, t_g))));
+  h1 = Num<T>::round(__fmul_rn(s_o, Num<T>::round(tanhf(c1))));
+}
+
 // grid (ceil(B / G)), block (warps * 32), dynamic shared memory rnnt_smem_bytes(...): block i decodes streams
 // i * G .. i * G + G - 1.
 template <typename T, int G, bool kVec>
@@ -258,7 +455,7 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
   const int n_threads = blockDim.x;
   const int n_warps = n_threads >> 5;
   const int64_t T_ = p.n_frames, L = p.n_layers, S = p.pool_size, E = p.embed_dim, H = p.hidden;
-  const int64_t J = p.joint_hidden, V1 = p.n_classes;
+  const int64_t J = p.joint_hidden;
   const RnntSmemLayout lay = rnnt_smem_layout(E, H, J, L);
 
   float* s_base = reinterpret_cast<float*>(rnnt_dynamic_smem());
@@ -270,68 +467,39 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
 
   const T* p_f = static_cast<const T*>(p.f);
   const T* p_embed = static_cast<const T*>(p.embed);
-  const T* p_pred_w = static_cast<const T*>(p.pred_w);
-  const T* p_pred_b = static_cast<const T*>(p.pred_b);
-  const T* p_out_w = static_cast<const T*>(p.out_w);
-  const T* p_out_b = static_cast<const T*>(p.out_b);
   T* p_h = static_cast<T*>(p.h);
   T* p_c = static_cast<T*>(p.c);
   T* p_pred = static_cast<T*>(p.pred);
 
-  // Per-stream control, identical in every thread (32-bit: the launcher bounds B, S, T * max_symbols, V1 and
-  // frame numbers below 2^31).
-  int i_b[G], slot[G], last[G], len[G], t[G], n_sym[G], count[G], offset[G];
-  unsigned valid = 0;  // streams of this block with a slot inside the pool
-  unsigned live = 0;   // streams with frames left
-#pragma unroll
-  for (int i = 0; i < G; ++i) {
-    i_b[i] = static_cast<int>(blockIdx.x) * G + i;
-    slot[i] = -1;
-    last[i] = 0;
-    len[i] = 0;
-    t[i] = 0;
-    n_sym[i] = 0;
-    count[i] = 0;
-    offset[i] = 0;
-    if (i_b[i] < p.n_streams) {
-      const int64_t s = p.slots[i_b[i]];
-      if (s >= 0 && s < S) {
-        valid |= 1u << i;
-        slot[i] = static_cast<int>(s);
-        const int64_t n = p.lengths[i_b[i]];
-        len[i] = static_cast<int>(n < 0 ? 0 : (n > T_ ? T_ : n));
-        offset[i] = static_cast<int>(p.frame_offset[i_b[i]]);
-        last[i] = static_cast<int>(p.label[slot[i]]);
-        if (len[i] > 0) live |= 1u << i;
-      }
-    }
-  }
+  StreamCtl<G> ctl;
+  ctl.init(p, int64_t{blockIdx.x} * G);
 
   // Load the state of the block's streams.
 #pragma unroll
   for (int i = 0; i < G; ++i) {
-    if (valid & (1u << i)) {
+    if (ctl.valid & (1u << i)) {
       float* s = s_stream[i];
       for (int64_t o = tid; o < L * H; o += n_threads) {
         const int64_t l = o / H, u = o - l * H;
-        const int64_t g = (l * S + slot[i]) * H + u;
+        const int64_t g = (l * S + ctl.slot[i]) * H + u;
         s[lay.o_h + l * lay.hp + u] = Num<T>::load(p_h + g);
         s[lay.o_c + l * lay.hp + u] = Num<T>::load(p_c + g);
       }
       for (int64_t o = tid; o < J; o += n_threads) {
-        s[lay.o_pred + o] = Num<T>::load(p_pred + int64_t{slot[i]} * J + o);
+        s[lay.o_pred + o] = Num<T>::load(p_pred + int64_t{ctl.slot[i]} * J + o);
       }
     }
   }
   __syncthreads();
 
-  while (live) {
+  while (ctl.live) {
+    const unsigned live = ctl.live;
     // 1. joint input: xh = relu(f_t + pred)
 #pragma unroll
     for (int i = 0; i < G; ++i) {
       if (live & (1u << i)) {
         float* s = s_stream[i];
-        const T* p_row = p_f + (int64_t{i_b[i]} * T_ + t[i]) * J;
+        const T* p_row = p_f + (int64_t{ctl.i_b[i]} * T_ + ctl.t[i]) * J;
         for (int64_t o = tid; o < J; o += n_threads) {
           const float x = Num<T>::round(__fadd_rn(Num<T>::load(p_row + o), s[lay.o_pred + o]));
           s[lay.o_xh + o] = x <= 0.f ? 0.f : x;  // torch.relu (NaN passes through)
@@ -347,37 +515,7 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
       for (int i = 0; i < G; ++i) vecs[i] = s_stream[i] + lay.o_xh;
       float b_best[G];
       int b_idx[G];
-#pragma unroll
-      for (int i = 0; i < G; ++i) {
-        b_best[i] = -INFINITY;
-        b_idx[i] = INT_MAX;
-      }
-      for (int64_t v0 = warp; v0 < V1; v0 += kRnntRows * n_warps) {
-        const T* rows[kRnntRows];
-#pragma unroll
-        for (int r = 0; r < kRnntRows; ++r) {
-          const int64_t v = v0 + r * n_warps;
-          rows[r] = p_out_w + (v < V1 ? v : v0) * J;  // rows past the end repeat v0, unused
-        }
-        float acc[kRnntRows][G];
-        warp_dots<T, kRnntRows, G, kVec>(rows, vecs, live, J, lane, acc);
-        warp_allreduce<kRnntRows * G>(&acc[0][0]);
-#pragma unroll
-        for (int r = 0; r < kRnntRows; ++r) {
-          const int64_t v = v0 + r * n_warps;
-          if (v < V1) {
-            const float bias = Num<T>::load(p_out_b + v);
-#pragma unroll
-            for (int i = 0; i < G; ++i) {
-              const float logit = Num<T>::round(acc[r][i] + bias);
-              if ((live & (1u << i)) && argmax_better(logit, static_cast<int>(v), b_best[i], b_idx[i])) {
-                b_best[i] = logit;
-                b_idx[i] = static_cast<int>(v);
-              }
-            }
-          }
-        }
-      }
+      joint_argmax_rows<T, kRnntRows, G, kVec>(p, vecs, live, warp, n_warps, lane, b_best, b_idx);
       if (lane == 0) {
 #pragma unroll
         for (int i = 0; i < G; ++i) {
@@ -397,30 +535,9 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
       if (live & (1u << i)) {
         float best = -INFINITY;
         int idx = INT_MAX;
-        for (int w = 0; w < n_warps; ++w) {
-          if (argmax_better(s_best[w * G + i], s_best_idx[w * G + i], best, idx)) {
-            best = s_best[w * G + i];
-            idx = s_best_idx[w * G + i];
-          }
-        }
+        for (int w = 0; w < n_warps; ++w) argmax_fold(s_best[w * G + i], s_best_idx[w * G + i], best, idx);
         k[i] = idx;
-        if (idx == p.blank) {
-          ++t[i];
-          n_sym[i] = 0;
-        } else {
-          emit |= 1u << i;
-          if (tid == 0) {
-            p.tokens[i_b[i] * p.max_out + count[i]] = idx;
-            p.frames[i_b[i] * p.max_out + count[i]] = offset[i] + t[i];
-          }
-          ++count[i];
-          last[i] = idx;
-          if (++n_sym[i] == p.max_symbols) {
-            ++t[i];
-            n_sym[i] = 0;
-          }
-        }
-        if (t[i] >= len[i]) live &= ~(1u << i);
+        if (ctl.decide(p, i, idx, tid == 0)) emit |= 1u << i;
       }
     }
     if (!emit) continue;
@@ -437,11 +554,6 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
 
     // 5. the stacked LSTM step: layer l reads its input (xh, or hn of the layer below) and h[l]; writes c[l], hn[l]
     for (int64_t l = 0; l < L; ++l) {
-      const T* p_wih = static_cast<const T*>(p.w_ih[l]);
-      const T* p_whh = static_cast<const T*>(p.w_hh[l]);
-      const T* p_bih = static_cast<const T*>(p.b_ih[l]);
-      const T* p_bhh = static_cast<const T*>(p.b_hh[l]);
-      const int64_t K_in = l == 0 ? E : H;
       const float* x_in[G];
       const float* h_in[G];
 #pragma unroll
@@ -450,46 +562,13 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
         h_in[i] = s_stream[i] + lay.o_h + l * lay.hp;
       }
       for (int64_t u = warp; u < H; u += n_warps) {
-        // rows u, H + u, 2H + u, 3H + u: gates i, f, g, o of hidden unit u
-        const T* rows_ih[4] = {p_wih + u * K_in, p_wih + (H + u) * K_in, p_wih + (2 * H + u) * K_in,
-                               p_wih + (3 * H + u) * K_in};
-        const T* rows_hh[4] = {p_whh + u * H, p_whh + (H + u) * H, p_whh + (2 * H + u) * H, p_whh + (3 * H + u) * H};
-        float acc[2][4][G];
-        warp_dots<T, 4, G, kVec>(rows_ih, x_in, emit, K_in, lane, acc[0]);
-        warp_dots<T, 4, G, kVec>(rows_hh, h_in, emit, H, lane, acc[1]);
-        warp_allreduce<8 * G>(&acc[0][0][0]);
         float gate[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float b_i = Num<T>::load(p_bih + q * H + u);
-          const float b_h = Num<T>::load(p_bhh + q * H + u);
-          // F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh), each rounded to the storage type; lane i keeps
-          // stream i's (the other lanes' values are unused)
-          float a_ih = 0.f, a_hh = 0.f;
-#pragma unroll
-          for (int i = 0; i < G; ++i) {
-            if (lane == i) {
-              a_ih = acc[0][q][i];
-              a_hh = acc[1][q][i];
-            }
-          }
-          gate[q] = Num<T>::round(__fadd_rn(Num<T>::round(a_ih + b_i), Num<T>::round(a_hh + b_h)));
-        }
+        lstm_gates<T, G, kVec>(p, l, u, x_in, h_in, emit, lane, gate);
 #pragma unroll
         for (int i = 0; i < G; ++i) {
           if (lane == i && (emit & (1u << i))) {
             float* s = s_stream[i];
-            const float c_old = s[lay.o_c + l * lay.hp + u];
-            const float s_i = Num<T>::round(sigmoid_f(gate[0]));
-            const float s_f = Num<T>::round(sigmoid_f(gate[1]));
-            const float t_g = Num<T>::round(tanhf(gate[2]));
-            const float s_o = Num<T>::round(sigmoid_f(gate[3]));
-            // c1 = sigmoid(f) * c + sigmoid(i) * tanh(g); h1 = sigmoid(o) * tanh(c1), op by op as torch does
-            const float c1 = Num<T>::round(__fadd_rn(Num<T>::round(__fmul_rn(s_f, c_old)),
-                                                     Num<T>::round(__fmul_rn(s_i, t_g))));
-            const float h1 = Num<T>::round(__fmul_rn(s_o, Num<T>::round(tanhf(c1))));
-            s[lay.o_c + l * lay.hp + u] = c1;
-            s[lay.o_hn + l * lay.hp + u] = h1;
+            lstm_cell<T>(gate, s[lay.o_c + l * lay.hp + u], s[lay.o_c + l * lay.hp + u], s[lay.o_hn + l * lay.hp + u]);
           }
         }
       }
@@ -499,30 +578,13 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
     // 6. pred = joint.pred(h_top); h = hn
     {
       const float* vecs[G];
+      float* dst[G];
 #pragma unroll
-      for (int i = 0; i < G; ++i) vecs[i] = s_stream[i] + lay.o_hn + (L - 1) * lay.hp;
-      for (int64_t v0 = warp; v0 < J; v0 += kRnntRows * n_warps) {
-        const T* rows[kRnntRows];
-#pragma unroll
-        for (int r = 0; r < kRnntRows; ++r) {
-          const int64_t v = v0 + r * n_warps;
-          rows[r] = p_pred_w + (v < J ? v : v0) * H;
-        }
-        float acc[kRnntRows][G];
-        warp_dots<T, kRnntRows, G, kVec>(rows, vecs, emit, H, lane, acc);
-        warp_allreduce<kRnntRows * G>(&acc[0][0]);
-#pragma unroll
-        for (int r = 0; r < kRnntRows; ++r) {
-          const int64_t v = v0 + r * n_warps;
-          if (v < J && lane == 0) {
-            const float bias = Num<T>::load(p_pred_b + v);
-#pragma unroll
-            for (int i = 0; i < G; ++i) {
-              if (emit & (1u << i)) s_stream[i][lay.o_pred + v] = Num<T>::round(acc[r][i] + bias);
-            }
-          }
-        }
+      for (int i = 0; i < G; ++i) {
+        vecs[i] = s_stream[i] + lay.o_hn + (L - 1) * lay.hp;
+        dst[i] = s_stream[i] + lay.o_pred;
       }
+      pred_rows<T, kRnntRows, G, kVec>(p, vecs, dst, emit, warp, n_warps, lane);
 #pragma unroll
       for (int i = 0; i < G; ++i) {
         if (emit & (1u << i)) {
@@ -540,23 +602,21 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
   // Write back the state of the streams that emitted (the others are unchanged), and the counts.
 #pragma unroll
   for (int i = 0; i < G; ++i) {
-    if ((valid & (1u << i)) && count[i] > 0) {
+    if ((ctl.valid & (1u << i)) && ctl.count[i] > 0) {
       const float* s = s_stream[i];
       for (int64_t o = tid; o < L * H; o += n_threads) {
         const int64_t l = o / H, u = o - l * H;
-        const int64_t g = (l * S + slot[i]) * H + u;
+        const int64_t g = (l * S + ctl.slot[i]) * H + u;
         Num<T>::store(p_h + g, s[lay.o_h + l * lay.hp + u]);
         Num<T>::store(p_c + g, s[lay.o_c + l * lay.hp + u]);
       }
       for (int64_t o = tid; o < J; o += n_threads) {
-        Num<T>::store(p_pred + int64_t{slot[i]} * J + o, s[lay.o_pred + o]);
+        Num<T>::store(p_pred + int64_t{ctl.slot[i]} * J + o, s[lay.o_pred + o]);
       }
-      if (tid == 0) p.label[slot[i]] = last[i];
-    }
-    if (tid == 0 && i_b[i] < p.n_streams) {
-      p.counts[i_b[i]] = (valid & (1u << i)) ? count[i] : -1;
+      if (tid == 0) p.label[ctl.slot[i]] = ctl.last[i];
     }
   }
+  if (tid == 0) ctl.write_counts(p);
 }
 
 // ---- The grid-wide variant: every block works on every stream ------------------------------------------------------
@@ -658,10 +718,7 @@ __device__ __forceinline__ void warp_argmax(float& best, int& idx) {
   for (int m = 16; m > 0; m >>= 1) {
     const float o_best = shfl_xor(best, m);
     const int o_idx = shfl_xor(idx, m);
-    if (argmax_better(o_best, o_idx, best, idx)) {
-      best = o_best;
-      idx = o_idx;
-    }
+    argmax_fold(o_best, o_idx, best, idx);
   }
 }
 
@@ -670,7 +727,7 @@ __device__ __forceinline__ void warp_argmax(float& best, int& idx) {
 // at a time; every block works on every group. Warp gw = blockIdx.x * warps + warp of the n_gw in the grid owns the
 // rows gw, gw + n_gw, ... of each product (and hidden units gw, gw + n_gw, ... of each LSTM layer).
 template <typename T, int G, bool kVec>
-__global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(const RnntGreedyParams p, float* ws) {
+__global__ void __launch_bounds__(kRnntGridMaxThreads, 1) rnnt_greedy_grid_kernel(const RnntGreedyParams p, float* ws) {
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
@@ -681,7 +738,7 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
   const int64_t gw = int64_t{blk} * n_warps + warp, n_gw = int64_t{n_blocks} * n_warps;
   const int64_t gt = int64_t{blk} * n_threads + tid, n_gt = int64_t{n_blocks} * n_threads;
   const int64_t T_ = p.n_frames, L = p.n_layers, S = p.pool_size, E = p.embed_dim, H = p.hidden;
-  const int64_t J = p.joint_hidden, V1 = p.n_classes;
+  const int64_t J = p.joint_hidden;
   const RnntGridWorkspace wl = rnnt_grid_workspace(H, J, L, G);
   const int64_t XP = rnnt_grid_xp(E, H, J), HP = wl.hp, JP = wl.jp;
 
@@ -705,67 +762,44 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
 
   const T* p_f = static_cast<const T*>(p.f);
   const T* p_embed = static_cast<const T*>(p.embed);
-  const T* p_pred_w = static_cast<const T*>(p.pred_w);
-  const T* p_pred_b = static_cast<const T*>(p.pred_b);
-  const T* p_out_w = static_cast<const T*>(p.out_w);
-  const T* p_out_b = static_cast<const T*>(p.out_b);
   T* p_h = static_cast<T*>(p.h);
   T* p_c = static_cast<T*>(p.c);
   T* p_pred = static_cast<T*>(p.pred);
 
   for (int64_t b0 = 0; b0 < p.n_streams; b0 += G) {
-    // Per-stream control, identical in every thread of the grid.
-    int i_b[G], slot[G], last[G], len[G], t[G], n_sym[G], count[G], offset[G], par[G];
-    unsigned valid = 0, live = 0;
+    StreamCtl<G> ctl;
+    ctl.init(p, b0);
+    int par[G];  // the current half of each stream's h ping-pong
 #pragma unroll
-    for (int i = 0; i < G; ++i) {
-      i_b[i] = static_cast<int>(b0) + i;
-      slot[i] = -1;
-      last[i] = 0;
-      len[i] = 0;
-      t[i] = 0;
-      n_sym[i] = 0;
-      count[i] = 0;
-      offset[i] = 0;
-      par[i] = 0;
-      if (i_b[i] < p.n_streams) {
-        const int64_t s = p.slots[i_b[i]];
-        if (s >= 0 && s < S) {
-          valid |= 1u << i;
-          slot[i] = static_cast<int>(s);
-          const int64_t n = p.lengths[i_b[i]];
-          len[i] = static_cast<int>(n < 0 ? 0 : (n > T_ ? T_ : n));
-          offset[i] = static_cast<int>(p.frame_offset[i_b[i]]);
-          last[i] = static_cast<int>(p.label[slot[i]]);
-          if (len[i] > 0) live |= 1u << i;
-        }
-      }
-    }
+    for (int i = 0; i < G; ++i) par[i] = 0;
 
     // The group's state into the workspace (grid-strided).
 #pragma unroll
     for (int i = 0; i < G; ++i) {
-      if (live & (1u << i)) {
+      if (ctl.live & (1u << i)) {
         for (int64_t o = gt; o < L * H; o += n_gt) {
           const int64_t l = o / H, u = o - l * H;
-          const int64_t g = (l * S + slot[i]) * H + u;
+          const int64_t g = (l * S + ctl.slot[i]) * H + u;
           w_h[(l * G + i) * HP + u] = Num<T>::load(p_h + g);  // par[i] = 0
           w_c[(l * G + i) * HP + u] = Num<T>::load(p_c + g);
         }
-        for (int64_t o = gt; o < J; o += n_gt) w_pred[i * JP + o] = Num<T>::load(p_pred + int64_t{slot[i]} * J + o);
+        for (int64_t o = gt; o < J; o += n_gt) {
+          w_pred[i * JP + o] = Num<T>::load(p_pred + int64_t{ctl.slot[i]} * J + o);
+        }
       }
     }
     rnnt_grid_sync();
 
     int iter = 0;
-    while (live) {
+    while (ctl.live) {
+      const unsigned live = ctl.live;
       const int64_t ph = iter & 1;
       ++iter;
       // 1. joint input: x = relu(f_t + pred), in every block
 #pragma unroll
       for (int i = 0; i < G; ++i) {
         if (live & (1u << i)) {
-          const T* p_row = p_f + (int64_t{i_b[i]} * T_ + t[i]) * J;
+          const T* p_row = p_f + (int64_t{ctl.i_b[i]} * T_ + ctl.t[i]) * J;
           for (int64_t o = tid; o < J; o += n_threads) {
             const float x = Num<T>::round(__fadd_rn(Num<T>::load(p_row + o), ld_cg(w_pred + i * JP + o)));
             s_x[i][o] = x <= 0.f ? 0.f : x;  // torch.relu (NaN passes through)
@@ -781,37 +815,7 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
         for (int i = 0; i < G; ++i) vecs[i] = s_x[i];
         float b_best[G];
         int b_idx[G];
-#pragma unroll
-        for (int i = 0; i < G; ++i) {
-          b_best[i] = -INFINITY;
-          b_idx[i] = INT_MAX;
-        }
-        for (int64_t v0 = gw; v0 < V1; v0 += kRnntGridRows * n_gw) {
-          const T* rows[kRnntGridRows];
-#pragma unroll
-          for (int r = 0; r < kRnntGridRows; ++r) {
-            const int64_t v = v0 + r * n_gw;
-            rows[r] = p_out_w + (v < V1 ? v : v0) * J;  // rows past the end repeat v0, unused
-          }
-          float acc[kRnntGridRows][G];
-          warp_dots<T, kRnntGridRows, G, kVec>(rows, vecs, live, J, lane, acc);
-          warp_allreduce<kRnntGridRows * G>(&acc[0][0]);
-#pragma unroll
-          for (int r = 0; r < kRnntGridRows; ++r) {
-            const int64_t v = v0 + r * n_gw;
-            if (v < V1) {
-              const float bias = Num<T>::load(p_out_b + v);
-#pragma unroll
-              for (int i = 0; i < G; ++i) {
-                const float logit = Num<T>::round(acc[r][i] + bias);
-                if ((live & (1u << i)) && argmax_better(logit, static_cast<int>(v), b_best[i], b_idx[i])) {
-                  b_best[i] = logit;
-                  b_idx[i] = static_cast<int>(v);
-                }
-              }
-            }
-          }
-        }
+        joint_argmax_rows<T, kRnntGridRows, G, kVec>(p, vecs, live, gw, n_gw, lane, b_best, b_idx);
         if (lane == 0) {
 #pragma unroll
           for (int i = 0; i < G; ++i) {
@@ -824,12 +828,7 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
       if (tid < G && (live & (1u << tid))) {
         float best = -INFINITY;
         int idx = INT_MAX;
-        for (int w = 0; w < n_warps; ++w) {
-          if (argmax_better(s_best[w * G + tid], s_best_idx[w * G + tid], best, idx)) {
-            best = s_best[w * G + tid];
-            idx = s_best_idx[w * G + tid];
-          }
-        }
+        for (int w = 0; w < n_warps; ++w) argmax_fold(s_best[w * G + tid], s_best_idx[w * G + tid], best, idx);
         w_best[(ph * kRnntGridMaxBlocks + blk) * G + tid] = best;
         w_idx[(ph * kRnntGridMaxBlocks + blk) * G + tid] = idx;
       }
@@ -842,12 +841,8 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
           float best = -INFINITY;
           int idx = INT_MAX;
           for (int q = lane; q < n_blocks; q += 32) {
-            const float b = ld_cg(w_best + (ph * kRnntGridMaxBlocks + q) * G + i);
-            const int bi = ld_cg(w_idx + (ph * kRnntGridMaxBlocks + q) * G + i);
-            if (argmax_better(b, bi, best, idx)) {
-              best = b;
-              idx = bi;
-            }
+            argmax_fold(ld_cg(w_best + (ph * kRnntGridMaxBlocks + q) * G + i),
+                        ld_cg(w_idx + (ph * kRnntGridMaxBlocks + q) * G + i), best, idx);
           }
           warp_argmax(best, idx);
           if (lane == 0) s_dec[i] = idx;
@@ -860,25 +855,8 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
       for (int i = 0; i < G; ++i) {
         k[i] = 0;
         if (live & (1u << i)) {
-          const int idx = s_dec[i];
-          k[i] = idx;
-          if (idx == p.blank) {
-            ++t[i];
-            n_sym[i] = 0;
-          } else {
-            emit |= 1u << i;
-            if (gt == 0) {
-              p.tokens[i_b[i] * p.max_out + count[i]] = idx;
-              p.frames[i_b[i] * p.max_out + count[i]] = offset[i] + t[i];
-            }
-            ++count[i];
-            last[i] = idx;
-            if (++n_sym[i] == p.max_symbols) {
-              ++t[i];
-              n_sym[i] = 0;
-            }
-          }
-          if (t[i] >= len[i]) live &= ~(1u << i);
+          k[i] = s_dec[i];
+          if (ctl.decide(p, i, k[i], gt == 0)) emit |= 1u << i;
         }
       }
       if (!emit) continue;
@@ -900,11 +878,6 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
           }
         }
         __syncthreads();
-        const T* p_wih = static_cast<const T*>(p.w_ih[l]);
-        const T* p_whh = static_cast<const T*>(p.w_hh[l]);
-        const T* p_bih = static_cast<const T*>(p.b_ih[l]);
-        const T* p_bhh = static_cast<const T*>(p.b_hh[l]);
-        const int64_t K_in = l == 0 ? E : H;
         const float* x_in[G];
         const float* h_in[G];
 #pragma unroll
@@ -913,42 +886,14 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
           h_in[i] = s_h[i];
         }
         for (int64_t u = gw; u < H; u += n_gw) {
-          // rows u, H + u, 2H + u, 3H + u: gates i, f, g, o of hidden unit u
-          const T* rows_ih[4] = {p_wih + u * K_in, p_wih + (H + u) * K_in, p_wih + (2 * H + u) * K_in,
-                                 p_wih + (3 * H + u) * K_in};
-          const T* rows_hh[4] = {p_whh + u * H, p_whh + (H + u) * H, p_whh + (2 * H + u) * H,
-                                 p_whh + (3 * H + u) * H};
-          float acc[2][4][G];
-          warp_dots<T, 4, G, kVec>(rows_ih, x_in, emit, K_in, lane, acc[0]);
-          warp_dots<T, 4, G, kVec>(rows_hh, h_in, emit, H, lane, acc[1]);
-          warp_allreduce<8 * G>(&acc[0][0][0]);
           float gate[4];
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float b_i = Num<T>::load(p_bih + q * H + u);
-            const float b_h = Num<T>::load(p_bhh + q * H + u);
-            float a_ih = 0.f, a_hh = 0.f;  // lane i keeps stream i's (as in rnnt_greedy_kernel)
-#pragma unroll
-            for (int i = 0; i < G; ++i) {
-              if (lane == i) {
-                a_ih = acc[0][q][i];
-                a_hh = acc[1][q][i];
-              }
-            }
-            gate[q] = Num<T>::round(__fadd_rn(Num<T>::round(a_ih + b_i), Num<T>::round(a_hh + b_h)));
-          }
+          lstm_gates<T, G, kVec>(p, l, u, x_in, h_in, emit, lane, gate);
 #pragma unroll
           for (int i = 0; i < G; ++i) {
             if (lane == i && (emit & (1u << i))) {
               float* c_u = w_c + (l * G + i) * HP + u;
-              const float c_old = ld_cg(c_u);
-              const float s_i = Num<T>::round(sigmoid_f(gate[0]));
-              const float s_f = Num<T>::round(sigmoid_f(gate[1]));
-              const float t_g = Num<T>::round(tanhf(gate[2]));
-              const float s_o = Num<T>::round(sigmoid_f(gate[3]));
-              const float c1 = Num<T>::round(__fadd_rn(Num<T>::round(__fmul_rn(s_f, c_old)),
-                                                       Num<T>::round(__fmul_rn(s_i, t_g))));
-              const float h1 = Num<T>::round(__fmul_rn(s_o, Num<T>::round(tanhf(c1))));
+              float c1, h1;
+              lstm_cell<T>(gate, ld_cg(c_u), c1, h1);
               *c_u = c1;
               w_h[(((1 - par[i]) * L + l) * G + i) * HP + u] = h1;
             }
@@ -968,30 +913,13 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
       __syncthreads();
       {
         const float* vecs[G];
+        float* dst[G];
 #pragma unroll
-        for (int i = 0; i < G; ++i) vecs[i] = s_h[i];
-        for (int64_t v0 = gw; v0 < J; v0 += kRnntGridRows * n_gw) {
-          const T* rows[kRnntGridRows];
-#pragma unroll
-          for (int r = 0; r < kRnntGridRows; ++r) {
-            const int64_t v = v0 + r * n_gw;
-            rows[r] = p_pred_w + (v < J ? v : v0) * H;
-          }
-          float acc[kRnntGridRows][G];
-          warp_dots<T, kRnntGridRows, G, kVec>(rows, vecs, emit, H, lane, acc);
-          warp_allreduce<kRnntGridRows * G>(&acc[0][0]);
-#pragma unroll
-          for (int r = 0; r < kRnntGridRows; ++r) {
-            const int64_t v = v0 + r * n_gw;
-            if (v < J && lane == 0) {
-              const float bias = Num<T>::load(p_pred_b + v);
-#pragma unroll
-              for (int i = 0; i < G; ++i) {
-                if (emit & (1u << i)) w_pred[i * JP + v] = Num<T>::round(acc[r][i] + bias);
-              }
-            }
-          }
+        for (int i = 0; i < G; ++i) {
+          vecs[i] = s_h[i];
+          dst[i] = w_pred + i * JP;
         }
+        pred_rows<T, kRnntGridRows, G, kVec>(p, vecs, dst, emit, gw, n_gw, lane);
       }
 #pragma unroll
       for (int i = 0; i < G; ++i) {
@@ -1003,20 +931,20 @@ __global__ void __launch_bounds__(kRnntGridMaxThreads) rnnt_greedy_grid_kernel(c
     // Write back the state of the streams that emitted (the others are unchanged), and the counts.
 #pragma unroll
     for (int i = 0; i < G; ++i) {
-      if ((valid & (1u << i)) && count[i] > 0) {
+      if ((ctl.valid & (1u << i)) && ctl.count[i] > 0) {
         for (int64_t o = gt; o < L * H; o += n_gt) {
           const int64_t l = o / H, u = o - l * H;
-          const int64_t g = (l * S + slot[i]) * H + u;
+          const int64_t g = (l * S + ctl.slot[i]) * H + u;
           Num<T>::store(p_h + g, ld_cg(w_h + ((par[i] * L + l) * G + i) * HP + u));
           Num<T>::store(p_c + g, ld_cg(w_c + (l * G + i) * HP + u));
         }
         for (int64_t o = gt; o < J; o += n_gt) {
-          Num<T>::store(p_pred + int64_t{slot[i]} * J + o, ld_cg(w_pred + i * JP + o));
+          Num<T>::store(p_pred + int64_t{ctl.slot[i]} * J + o, ld_cg(w_pred + i * JP + o));
         }
-        if (gt == 0) p.label[slot[i]] = last[i];
+        if (gt == 0) p.label[ctl.slot[i]] = ctl.last[i];
       }
-      if (gt == 0 && i_b[i] < p.n_streams) p.counts[i_b[i]] = (valid & (1u << i)) ? count[i] : -1;
     }
+    if (gt == 0) ctl.write_counts(p);
     // No barrier before the next group: its loads into the workspace (above) touch element o of stream i in the
     // same thread that has just written it back here.
   }
