@@ -9,8 +9,9 @@ script does it in one pass, so one GPU run tells which configuration to make the
 - attention (`paged_attention(..., tuning=...)`): one (stream, head) per program, and ptxas gives it every register
   it may (255 per thread at 8 warps in fp32), so one program fits on an SM at a time. `maxnreg` caps the registers
   (128: two 8-warp programs per SM); `CONTENT_DC` computes the content product over slices of the head dimension,
-  so the cap costs few or no spills (offline, at maxnreg 128: fp32 spills 1356 bytes without slices and 136 with
-  CONTENT_DC = 32; bf16 168 and 0).
+  so the cap costs few or no spills (at maxnreg 128: fp32 spills 1380 bytes without slices and 136 with
+  CONTENT_DC = 32; bf16 168 and 0). Registers and spills of every variant below, offline for sm_90:
+  `python bench/ptxas_report.py`.
 - subsample (`kernels.subsample._TILES["cuda"]`, swapped for the run; the two Triton stages only, not the output
   Linear): (BLOCK_P positions, BLOCK_CI input channels, warps) of each stage.
 - conv_module (`kernels.conv_module._TILES["cuda"]`, swapped likewise; the GLU / depthwise / norm kernels, not the
@@ -49,7 +50,7 @@ ATTENTION = [
     {"CONTENT_DC": 32, "maxnreg": 96},
 ]
 # (BLOCK_P, BLOCK_CI, num_warps) per stage; {} is the shipped table. Each compiles for sm_90 without spills in
-# fp32 and bf16 (offline ptxas; (128, 32, 16) spilled 800 bytes in fp32 and was left out)
+# fp32 and bf16 (`python bench/ptxas_report.py --only subsample`)
 SUBSAMPLE = [
     {},
     {"stage1": (32, 32, 8), "stage2": (32, 16, 8)},
@@ -57,7 +58,7 @@ SUBSAMPLE = [
     {"stage1": (32, 16, 4), "stage2": (32, 16, 4)},
     {"stage1": (16, 32, 4), "stage2": (16, 16, 4)},
 ]
-# each compiles for sm_90 without spills (offline ptxas, 32-79 registers)
+# each compiles for sm_90 without spills (`python bench/ptxas_report.py --only conv_module`)
 CONV = [
     {},
     {"glu_rows": 4, "glu_d": 256},

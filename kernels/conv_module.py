@@ -143,8 +143,8 @@ def _conv_dw_norm_fwd_kernel(
 
 # Tiles: GLU kernel rows x channels per program; norm kernel frames x channels (BLOCK_T * BLOCK_D <= norm_elems) and
 # warps per program. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas; the test
-# test_conv_module_compiles_for_sm90_without_spills repeats it) and reading the register use (at D = 1024: 32-55
-# registers, no spills); they are not yet tuned by timing. The interpreter's cost is per program and per operation,
+# test_conv_module_compiles_for_sm90_without_spills repeats it; `python bench/ptxas_report.py --only conv_module`
+# prints it) and reading the register use (at D = 1024: 37-54 registers, no spills); they are not yet tuned by timing. The interpreter's cost is per program and per operation,
 # not per element, so on the CPU a program takes a whole stream; tests also run the GPU tiling there.
 _TILES = {"cuda": {"glu_rows": 8, "glu_d": 256, "norm_elems": 2048, "norm_warps": 8},
           "interpreter": {"glu_rows": 1 << 30, "glu_d": 1 << 30, "norm_elems": 1 << 30, "norm_warps": 4}}

@@ -199,8 +199,8 @@ def _subsample_stage2_fwd_kernel(
 
 # Per dtype and stage: (BLOCK_P output positions, BLOCK_CI input channels per step, num_warps), and how conv0 is
 # computed. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas; the test
-# test_subsample_compiles_for_sm90_without_spills repeats it) and reading the register use: no spills, 116-151
-# registers per thread; they are not yet tuned by timing. fp32 computes conv0 as FMAs (an FMA-unit product of the
+# test_subsample_compiles_for_sm90_without_spills repeats it; `python bench/ptxas_report.py --only subsample`
+# prints it) and reading the register use: no spills, 116-151 registers per thread; they are not yet tuned by timing. fp32 computes conv0 as FMAs (an FMA-unit product of the
 # 9 taps padded to 16 took 255 registers and spilled), bf16 as a tensor-core product. The interpreter's cost is per
 # program and per operation, not per element, so on the CPU a program takes a whole stream's positions (up to 1024)
 # and conv0 is one product; tests also run the GPU configuration there.

@@ -15,6 +15,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ import triton
 from nemotron_engine.kernels import subsample as K
 from nemotron_engine.reference.subsample import subsample as subsample_ref
 from tolerances import RTOL, assert_close, rel_err
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"  # bench/ptxas_report.py
 
 
 def mel_frames(r: int, first: bool) -> int:
@@ -161,38 +164,13 @@ def test_subsample_gpu(b, r, first, dtype):
 
 
 SM90_COMPILE = r'''
-import os, re, subprocess, tempfile
-import torch, triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from nemotron_engine.kernels import subsample as S
+import torch
+import ptxas_report as P
 
-C = 256
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-for dt, dtype, mm in (("fp32", torch.float32, tl.float32), ("bf16", torch.bfloat16, tl.bfloat16)):
-    tiles = S._TILES["cuda"][dtype]  # the launcher's own choices on a GPU
-    for kernel, stage in ((S._subsample_stage1_fwd_kernel, "stage1"), (S._subsample_stage2_fwd_kernel, "stage2")):
-        block_p, block_ci, num_warps = tiles[stage]
-        cfg = dict(C=C, HAS_BIAS=True, MM_DTYPE=mm, ROUND_BF16=False, BLOCK_P=block_p, BLOCK_CI=block_ci,
-                   BLOCK_CO=min(max(triton.next_power_of_2(C), 16), 256))
-        if stage == "stage1":
-            cfg["CONV0_DOT"] = tiles["conv0_dot"]
-        ints = ("lengths", "n_out")
-        sig = {n: "constexpr" if n in cfg else "*i64" if n in ints else "i32" if n[0] in "TF" else "*" + dt
-               for n in kernel.arg_names}
-        # what the JIT specialises at run time: 16-byte aligned pointers
-        attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names) if sig[n][0] == "*"}
-        c = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=cfg, attrs=attrs),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-        with tempfile.TemporaryDirectory() as d:
-            ptx = os.path.join(d, "k.ptx")
-            open(ptx, "w").write(c.asm["ptx"])
-            r = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(d, "k.cubin")],
-                               capture_output=True, text=True, check=True)
-        spills = [int(x) for x in re.findall(r"(\d+) bytes spill", r.stderr)]
-        print(dt, stage, re.findall(r"Used \d+ registers", r.stderr), "spill bytes", spills)
-        assert not any(spills), r.stderr
+for dtype in (torch.float32, torch.bfloat16):
+    for stage, r in P.subsample(dtype).items():  # the launcher's own choices on a GPU
+        print(dtype, stage, r)
+        assert r["spill"] == 0, (dtype, stage, r)
 '''
 
 
@@ -202,5 +180,6 @@ def test_subsample_compiles_for_sm90_without_spills():
     if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
         pytest.fail("this triton build ships no ptxas (triton 3.6 does)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), env.get("PYTHONPATH", "")])  # bench/ptxas_report.py
     r = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

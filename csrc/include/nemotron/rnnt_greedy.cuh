@@ -639,8 +639,8 @@ constexpr int kRnntGridMaxBlocks = 1024;
 // Joint and projection rows a warp reduces at once. One: the grid has about as many warps as the joint has classes
 // (132 SMs x 8 warps = 1056 against 1025), so with kRnntRows = 4 three of a warp's four rows would be padding.
 constexpr int kRnntGridRows = 1;
-// At most 256 threads per block: with 8 streams per group the kernel needs more than the 128 registers per thread
-// that 512 would leave (ptxas: spills at G = 4 and 8).
+// At most 256 threads per block: with 4 or 8 streams per group the kernel keeps 236-255 registers per thread
+// (`python bench/ptxas_report.py --only decoder`), more than the 128 that 512 threads would leave.
 constexpr int kRnntGridMaxThreads = 256;
 
 // Workspace layout, in 4-byte words (HP, JP: H, J rounded up to 4):
