@@ -110,9 +110,6 @@ def cmd_transcribe(args) -> int:
         if not (Path(model) / "config.json").is_file():
             raise FileNotFoundError(f"{model}: not a model directory (no config.json); give --model, a directory "
                                     "written by `nemotron-engine convert`")
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: no CUDA device here (torch.cuda.is_available() is False; "
-                             f"torch {torch.__version__}); use --device cpu")
         t_load = time.perf_counter()
         engine = Engine(model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend,
                         decoder_kernel=args.decoder_kernel)

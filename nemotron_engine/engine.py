@@ -243,6 +243,9 @@ class Engine:
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device here (torch.cuda.is_available() is False; torch "
+                             f"{torch.__version__}); use device='cpu'")
         self.backend = backend or ("triton" if self.device.type == "cuda" else "torch")
         self._encoder_step, self._decode = _select_backend(self.backend, self.device, decoder_kernel)
         if cpu_packed is None:

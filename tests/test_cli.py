@@ -76,4 +76,4 @@ def test_transcribe_device_options(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["tokens"] == want.tokens
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["transcribe", "--model", str(out), "--device", "cuda", str(wav)]) == 2
-    assert "--device cuda: no CUDA device here" in capsys.readouterr().err
+    assert "device 'cuda': no CUDA device here" in capsys.readouterr().err
