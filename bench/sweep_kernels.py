@@ -84,16 +84,20 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 @contextlib.contextmanager
-def _tiles(table: dict, dtype, change: dict):
-    """table["cuda"] (or its dtype entry) updated with `change` for the duration."""
-    entry = table["cuda"][dtype] if dtype in table["cuda"] else table["cuda"]
-    saved = dict(entry)
-    entry.update(change)
+def tiles(table: dict, dtype, change: dict, target: str = "cuda"):
+    """A launcher's tile table (kernels.subsample._TILES, kernels.conv_module._TILES) for the duration: its
+    table[target] entry (for dtype, where the table has one per dtype) set to the GPU's tiles updated with `change`.
+    target="interpreter" runs the GPU tiling on the CPU (the launchers read that entry there)."""
+    def entry(kind):
+        return table[kind][dtype] if dtype in table[kind] else table[kind]
+
+    saved = dict(entry(target))
+    entry(target).update({**entry("cuda"), **change})
     try:
         yield
     finally:
-        entry.clear()
-        entry.update(saved)
+        entry(target).clear()
+        entry(target).update(saved)
 
 
 def _cases(op: str, dtype, b: int):
@@ -123,7 +127,7 @@ def _cases(op: str, dtype, b: int):
 
         def make(change):
             def fn():
-                with _tiles(sub_k._TILES, dtype, change):
+                with tiles(sub_k._TILES, dtype, change):
                     return sub_k.conv_stages(mel, lengths, w)[0]
             return fn
         return SUBSAMPLE, make, lambda: None
@@ -133,7 +137,7 @@ def _cases(op: str, dtype, b: int):
 
     def make(change):
         def fn():
-            with _tiles(conv_k._TILES, dtype, change):
+            with tiles(conv_k._TILES, dtype, change):
                 return conv_k.glu_conv_norm(a, pool, 1, slots, pad, w, "layer_norm", 1e-5)
         return fn
     # the kernels update the conv caches in place: each variant's checked call starts from the same ones

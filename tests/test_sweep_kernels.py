@@ -7,7 +7,6 @@ and without a GPU the script says so and exits 0.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 from pathlib import Path
@@ -36,19 +35,9 @@ def _sweep():
 SWEEP = _sweep()
 
 
-@contextlib.contextmanager
 def _interpreter_tiles(table: dict, dtype, change: dict):
     """The launcher reads table["interpreter"] on the CPU: give it the GPU's tiles with `change` applied."""
-    interp = table["interpreter"][dtype] if dtype in table["interpreter"] else table["interpreter"]
-    cuda = table["cuda"][dtype] if dtype in table["cuda"] else table["cuda"]
-    saved = dict(interp)
-    interp.update(cuda)
-    interp.update(change)
-    try:
-        yield
-    finally:
-        interp.clear()
-        interp.update(saved)
+    return SWEEP.tiles(table, dtype, change, target="interpreter")
 
 
 def test_sweep_without_gpu_exits_cleanly(capsys, monkeypatch):
