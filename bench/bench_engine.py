@@ -6,7 +6,8 @@ a batch of N, as NeMo's cache-aware streaming example drives a batch), per looka
 Each case is `benchmark.pedantic` around one step: the untimed setup pushes one chunk of audio per stream (the
 engine) or takes the buffer's next chunk (NeMo). `extra_info` carries the device, the torch thread count, the
 streams, the useful GFLOP of the step and the real-time factor one step implies (step time / chunk duration).
-The sweep that finds the real-time stream counts is `nemotron-engine bench` (nemotron_parity/bench.py, parity/bench.py).
+The sweep that finds the real-time stream counts is `nemotron-engine bench` (nemotron_parity.bench,
+parity/nemotron_parity/bench.py).
 """
 from __future__ import annotations
 

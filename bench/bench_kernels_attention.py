@@ -44,8 +44,7 @@ from nemotron_engine.cache import StreamCache  # noqa: E402
 from nemotron_engine.config import ModelConfig  # noqa: E402
 from nemotron_engine.kernels.attention import paged_attention  # noqa: E402
 from nemotron_engine.kernels.layernorm import add_layer_norm, layer_norm  # noqa: E402
-from nemotron_engine.reference.attention import position_projection, rel_attention  # noqa: E402
-from nemotron_engine.reference.encoder import attention_mask  # noqa: E402
+from nemotron_engine.reference.attention import attention_mask, position_projection, rel_attention  # noqa: E402
 
 D_MODEL, HEADS, C = 1024, 8, 70
 BATCHES = [16, 64, 256]

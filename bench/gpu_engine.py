@@ -4,7 +4,9 @@
 
 1. Parity of the paths: every file is transcribed, streaming, at every lookahead, by the reference on the CPU
    (backend "torch", fp32), the reference on the GPU (backend "torch", cuda) and the Triton + CUDA path
-   (backend "triton", cuda), with either CUDA decoder kernel; their tokens must be identical (exit 1 otherwise).
+   (backend "triton", cuda), with either CUDA decoder kernel (the grid kernel through its own op table,
+   `ops.triton_ops(device, decoder_kernel="grid")`: the engine does not offer it until it passes its GPU tests); their
+   tokens must be identical (exit 1 otherwise).
 2. Throughput: N concurrent streams of the same files (cycled) through the Triton path, all pushed at once and
    drained; reports the real-time factor (audio seconds / wall seconds) and the mean step time per lookahead,
    beside the reference backend on the same GPU.
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from nemotron_engine import Engine
+from nemotron_engine.ops import triton_ops
 
 
 # NEMOTRON_SKIP_GRID=1 (set by scripts/gpu_check.sh when the grid kernel's tests fail): the grid decoder is left out
@@ -89,14 +92,14 @@ def main(argv=None) -> int:
 
     cfg = ModelConfig.load(a.model)
     report = {"device": torch.cuda.get_device_name(), "parity": [], "throughput": []}
+    grid_ops = triton_ops(torch.device("cuda"), decoder_kernel="grid")
     ok = True
     for r in cfg.lookaheads:
         ms = (r + 1) * cfg.frame_ms
         cpu = transcribe_all(a.model, pcms, ms, device="cpu", backend="torch")
         ref = transcribe_all(a.model, pcms, ms, device="cuda", backend="torch")
         tri = transcribe_all(a.model, pcms, ms, device="cuda", backend="triton")
-        grid = tri if SKIP_GRID else transcribe_all(a.model, pcms, ms, device="cuda", backend="triton",
-                                                     decoder_kernel="grid")
+        grid = tri if SKIP_GRID else transcribe_all(a.model, pcms, ms, device="cuda", backend=grid_ops)
         same = cpu == ref == tri == grid
         ok &= same
         row = {"lookahead_ms": ms, "files": len(pcms), "tokens": sum(map(len, cpu)), "identical": same,
@@ -107,13 +110,13 @@ def main(argv=None) -> int:
     for r in (max(cfg.lookaheads), min(cfg.lookaheads)):
         ms = (r + 1) * cfg.frame_ms
         for n in a.streams:
-            for backend, kw in (("triton", {}), ("triton", {"decoder_kernel": "grid"}), ("torch", {})):
-                if SKIP_GRID and kw:
+            for backend, decoder in (("triton", "blocked"), (grid_ops, "grid"), ("torch", "-")):
+                if SKIP_GRID and decoder == "grid":
                     continue
                 if backend == "torch" and n > 64:
                     continue  # the reference's host-synchronising decoder loop: slow at large N, not the point
-                row = throughput(a.model, pcms, ms, n, device="cuda", backend=backend, **kw)
-                row["decoder_kernel"] = kw.get("decoder_kernel", "blocked" if backend == "triton" else "-")
+                row = throughput(a.model, pcms, ms, n, device="cuda", backend=backend)
+                row["backend"], row["decoder_kernel"] = ("triton" if decoder == "grid" else backend), decoder
                 report["throughput"].append(row)
                 print(json.dumps(row), flush=True)
     if a.json:

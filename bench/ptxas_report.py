@@ -70,7 +70,7 @@ def subsample(dtype, change: dict | None = None) -> dict:
     from nemotron_engine.kernels import subsample as S
 
     c = 256
-    tiles = {**S._TILES["cuda"][dtype], **(change or {})}
+    tiles = {**S.TILES["cuda"][dtype], **(change or {})}
     mm = tl.float32 if dtype == torch.float32 else tl.bfloat16
     out = {}
     for kernel, stage in ((S._subsample_stage1_fwd_kernel, "stage1"), (S._subsample_stage2_fwd_kernel, "stage2")):
@@ -92,7 +92,7 @@ def conv_module(dtype, change: dict | None = None) -> dict:
     from nemotron_engine.kernels import conv_module as CM
 
     d, k = 1024, 9
-    tiles = {**CM._TILES["cuda"], **(change or {})}
+    tiles = {**CM.TILES["cuda"], **(change or {})}
     block_d = triton.next_power_of_2(d)
     cases = [("glu", CM._conv_glu_fwd_kernel, 4, dict(KM1=k - 1, ROUND_BF16=False, BLOCK_R=tiles["glu_rows"],
                                                        BLOCK_D=min(tiles["glu_d"], block_d)))]
@@ -113,11 +113,15 @@ def conv_module(dtype, change: dict | None = None) -> dict:
 
 
 def decoder() -> dict | None:
-    """{kernel instantiation: result} of csrc/rnnt_greedy.cu for sm_90 (nvcc -Xptxas -v); None without nvcc."""
+    """{kernel instantiation: result} of csrc/rnnt_greedy.cu for sm_90 (nvcc -Xptxas -v); None without nvcc or
+    pybind11 (a build requirement of the extension, which pip installs only into its isolated build environment)."""
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
     if nvcc is None:
         return None
-    import pybind11
+    try:
+        import pybind11
+    except ImportError:
+        return None
 
     with tempfile.TemporaryDirectory() as d:
         r = subprocess.run([nvcc, "-std=c++17", "-arch=sm_90", "-Xptxas", "-v", "-c", str(ROOT / "csrc/rnnt_greedy.cu"),
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
     if a.only in (None, "decoder"):
         res = decoder()
         if res is None:
-            print("decoder: nvcc not found")
+            print("decoder: nvcc or pybind11 not found (pip install pybind11)")
         for name, r in (res or {}).items():
             show(name, "", r)
     return 0

@@ -12,10 +12,11 @@ script does it in one pass, so one GPU run tells which configuration to make the
   so the cap costs few or no spills (at maxnreg 128: fp32 spills 1380 bytes without slices and 136 with
   CONTENT_DC = 32; bf16 168 and 0). Registers and spills of every variant below, offline for sm_90:
   `python bench/ptxas_report.py`.
-- subsample (`kernels.subsample._TILES["cuda"]`, swapped for the run; the two Triton stages only, not the output
-  Linear): (BLOCK_P positions, BLOCK_CI input channels, warps) of each stage.
-- conv_module (`kernels.conv_module._TILES["cuda"]`, swapped likewise; the GLU / depthwise / norm kernels, not the
-  pointwise products): GLU rows x channels per program, the norm kernel's elements and warps.
+- subsample (`conv_stages(..., tiles=...)`, overriding keys of `kernels.subsample.TILES["cuda"]`; the two Triton
+  stages only, not the output Linear): (BLOCK_P positions, BLOCK_CI input channels, warps) of each stage.
+- conv_module (`glu_conv_norm(..., tiles=...)`, overriding keys of `kernels.conv_module.TILES["cuda"]`; the GLU /
+  depthwise / norm kernels, not the pointwise products): GLU rows x channels per program, the norm kernel's elements
+  and warps.
 - decoder (`_ext.rnnt_greedy`, one step of 7 frames, N = 1, 4, 16, 64 streams): the per-stream kernel beside the
   grid-wide one (`kernel="grid"`, not yet run on a GPU) and its launch options; tokens must be identical.
 
@@ -28,7 +29,6 @@ exits 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -49,8 +49,8 @@ ATTENTION = [
     {"CONTENT_DC": 32, "maxnreg": 128, "num_warps": 4},
     {"CONTENT_DC": 32, "maxnreg": 96},
 ]
-# (BLOCK_P, BLOCK_CI, num_warps) per stage; {} is the shipped table. Each compiles for sm_90 without spills in
-# fp32 and bf16 (`python bench/ptxas_report.py --only subsample`)
+# `tiles` overrides: (BLOCK_P, BLOCK_CI, num_warps) per stage; {} is the shipped table. Each compiles for sm_90
+# without spills in fp32 and bf16 (`python bench/ptxas_report.py --only subsample`)
 SUBSAMPLE = [
     {},
     {"stage1": (32, 32, 8), "stage2": (32, 16, 8)},
@@ -58,7 +58,7 @@ SUBSAMPLE = [
     {"stage1": (32, 16, 4), "stage2": (32, 16, 4)},
     {"stage1": (16, 32, 4), "stage2": (16, 16, 4)},
 ]
-# each compiles for sm_90 without spills (`python bench/ptxas_report.py --only conv_module`)
+# `tiles` overrides; each compiles for sm_90 without spills (`python bench/ptxas_report.py --only conv_module`)
 CONV = [
     {},
     {"glu_rows": 4, "glu_d": 256},
@@ -81,23 +81,6 @@ if os.environ.get("NEMOTRON_SKIP_GRID") == "1":  # set by scripts/gpu_check.sh w
     DECODER = DECODER[:1]
 DECODER_BATCHES = [1, 4, 16, 64]
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-
-
-@contextlib.contextmanager
-def tiles(table: dict, dtype, change: dict, target: str = "cuda"):
-    """A launcher's tile table (kernels.subsample._TILES, kernels.conv_module._TILES) for the duration: its
-    table[target] entry (for dtype, where the table has one per dtype) set to the GPU's tiles updated with `change`.
-    target="interpreter" runs the GPU tiling on the CPU (the launchers read that entry there)."""
-    def entry(kind):
-        return table[kind][dtype] if dtype in table[kind] else table[kind]
-
-    saved = dict(entry(target))
-    entry(target).update({**entry("cuda"), **change})
-    try:
-        yield
-    finally:
-        entry(target).clear()
-        entry(target).update(saved)
 
 
 def _cases(op: str, dtype, b: int):
@@ -126,20 +109,14 @@ def _cases(op: str, dtype, b: int):
         mel, lengths, w = bf._subsample_inputs(b, 13, dtype)
 
         def make(change):
-            def fn():
-                with tiles(sub_k._TILES, dtype, change):
-                    return sub_k.conv_stages(mel, lengths, w)[0]
-            return fn
+            return lambda: sub_k.conv_stages(mel, lengths, w, tiles=change)[0]
         return SUBSAMPLE, make, lambda: None
     z, pool, slots, pad, w = bf._conv_inputs(b, 14, dtype)
     a = torch.randn(b, 14, 2 * z.shape[-1], device="cuda").to(dtype)
     pool0 = pool.clone()
 
     def make(change):
-        def fn():
-            with tiles(conv_k._TILES, dtype, change):
-                return conv_k.glu_conv_norm(a, pool, 1, slots, pad, w, "layer_norm", 1e-5)
-        return fn
+        return lambda: conv_k.glu_conv_norm(a, pool, 1, slots, pad, w, "layer_norm", 1e-5, tiles=change)
     # the kernels update the conv caches in place: each variant's checked call starts from the same ones
     return CONV, make, lambda: pool.copy_(pool0)
 

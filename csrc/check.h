@@ -25,12 +25,12 @@ void append(std::string& out, T v) {
 
 }  // namespace detail
 
-// Concatenates strings and numbers into an error message, without iostreams. Why (stop 8, H100 test machine, torch
+// Concatenates strings and numbers into an error message, without iostreams. Why (seen on an H100 test machine, torch
 // 2.11+cu130 in the process): checks whose message streamed an integer through std::ostringstream crashed the
 // process (SIGSEGV) instead of raising, a check whose message had no number raised ValueError, and a minimal module
 // whose message used std::to_string raised cleanly; here (torch 2.13 CPU) both forms raise. Numbers now go through
-// std::to_string (vsnprintf), which touches no C++ locale facet. _C._error_path_self_test exercises this path on
-// any machine, GPU or not (tests/test_extension.py).
+// std::to_string (vsnprintf), which touches no C++ locale facet. The argument checks of _C.rnnt_grid_workspace_bytes
+// (arithmetic only, no CUDA) exercise this path on any machine, GPU or not (tests/test_extension.py).
 template <typename... Args>
 std::string str(const Args&... args) {
   std::string out;

@@ -19,33 +19,6 @@ int device_count();
 // The -arch list the module was compiled for, e.g. "80;90".
 std::string cuda_archs();
 
-// Throws the ValueError a failed argument check throws, its message naming `code` and the dtype codes, without
-// touching CUDA: a test of the error path itself (csrc/check.h says why it needs one).
-void error_path_self_test(int64_t code);
-
-// Reference: nemotron_engine._ext.fill_pages_ref.
-void fill_pages(std::uintptr_t pool,       // [num_pages, page_elems]
-                int dtype,                 // DType
-                int64_t num_pages, int64_t page_elems,
-                std::uintptr_t page_ids,   // [n_ids] int32
-                int64_t n_ids,
-                double value,
-                std::uintptr_t skipped,    // [1] int32 or 0
-                std::uintptr_t stream);    // cudaStream_t
-
-// Reference: nemotron_engine._ext.write_rows_ref.
-void write_rows(std::uintptr_t pool,        // [num_pages, page_size, row_elems]
-                int dtype,                  // DType
-                int64_t num_pages, int64_t page_size, int64_t row_elems,
-                std::uintptr_t src,         // [n_rows, row_elems], row stride src_row_stride
-                int64_t n_rows, int64_t src_row_stride,
-                std::uintptr_t stream_idx,  // [n_rows] int32
-                std::uintptr_t frame_pos,   // [n_rows] int64
-                std::uintptr_t page_table,  // [n_streams, pages_per_stream] int32, row stride page_table_stride
-                int64_t n_streams, int64_t pages_per_stream, int64_t page_table_stride,
-                std::uintptr_t skipped,     // [1] int32 or 0
-                std::uintptr_t stream);     // cudaStream_t
-
 // Batched greedy RNN-T decoding of one step for every stream, state in the pool updated in place at slots.
 // Reference: nemotron_engine/reference/decoder.py greedy_decode (nemotron_engine._ext.rnnt_greedy_ref).
 // Returns the streams per block (or per group) it launched with.

@@ -52,9 +52,4 @@ void ensure_cuda() {
   }
 }
 
-void error_path_self_test(int64_t code) {
-  NEMOTRON_CHECK(false, "error-path self-test: code ", code, " (dtype codes: ", int{kFloat32}, "=float32, ",
-                 int{kBFloat16}, "=bfloat16)");
-}
-
 }  // namespace nemotron

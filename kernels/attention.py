@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_rne
+from ._common import cast_rne, interpreted
 
 from nemotron_engine.reference.attention import MASK_VALUE
 
@@ -215,10 +215,6 @@ def _block(b_ac, b_vv, b_m, o_t, o_p, m_in, m_key, c_q, m_q, r1, b_mx, b_l, b_ac
     return b_mx_new, b_l, b_acc
 
 
-def _interpreted() -> bool:
-    return not isinstance(_paged_attention_fwd_kernel, triton.runtime.JITFunction)
-
-
 TUNABLE = ("CONTENT_DC", "BLOCK_DC", "num_warps", "num_stages", "maxnreg")
 
 
@@ -313,7 +309,7 @@ def paged_attention(
     if B == 0 or T == 0:
         return out
 
-    cfg = _config(T, C, dh, page_size, q.dtype, _interpreted())
+    cfg = _config(T, C, dh, page_size, q.dtype, interpreted())
     if tuning:
         bad = sorted(set(tuning) - set(TUNABLE))
         if bad:

@@ -32,12 +32,14 @@ Precision: the GLU, conv, norm and SiLU compute in fp32 from the stored dtype; s
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import cast_rne
+from ._common import cast_rne, launch_config
 
 
 @triton.jit
@@ -141,13 +143,19 @@ def _conv_dw_norm_fwd_kernel(
             tl.store(cache + slot * s_slot + o_dc[None, :] * s_d + o_j[:, None] * s_k, b_c, mask=m_j)
 
 
-# Tiles: GLU kernel rows x channels per program; norm kernel frames x channels (BLOCK_T * BLOCK_D <= norm_elems) and
-# warps per program. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas; the test
-# test_conv_module_compiles_for_sm90_without_spills repeats it; `python bench/ptxas_report.py --only conv_module`
-# prints it) and reading the register use (at D = 1024: 37-54 registers, no spills); they are not yet tuned by timing. The interpreter's cost is per program and per operation,
-# not per element, so on the CPU a program takes a whole stream; tests also run the GPU tiling there.
-_TILES = {"cuda": {"glu_rows": 8, "glu_d": 256, "norm_elems": 2048, "norm_warps": 8},
-          "interpreter": {"glu_rows": 1 << 30, "glu_d": 1 << 30, "norm_elems": 1 << 30, "norm_warps": 4}}
+# The default launch configuration, read-only, per device kind ("cuda", or "interpreter" for any other device): GLU
+# kernel rows x channels per program (glu_rows, glu_d); norm kernel frames x channels per program
+# (BLOCK_T * BLOCK_D <= norm_elems) and its warps (norm_warps). A caller overrides some of these keys with
+# `conv_module(..., tiles=...)` / `glu_conv_norm(..., tiles=...)` (the sweep, the tests). The GPU tiles were chosen
+# by compiling for sm_90 (Triton's bundled ptxas; the test test_conv_module_compiles_for_sm90_without_spills repeats
+# it; `python bench/ptxas_report.py --only conv_module` prints it) and reading the register use (at D = 1024: 37-54
+# registers, no spills); they are not yet tuned by timing. The interpreter's cost is per program and per operation,
+# not per element, so on the CPU a program takes a whole stream; tests also run the GPU tiling there, by passing
+# TILES["cuda"] as `tiles`.
+TILES = MappingProxyType({
+    "cuda": MappingProxyType({"glu_rows": 8, "glu_d": 256, "norm_elems": 2048, "norm_warps": 8}),
+    "interpreter": MappingProxyType({"glu_rows": 1 << 30, "glu_d": 1 << 30, "norm_elems": 1 << 30, "norm_warps": 4}),
+})
 
 
 def conv_module(
@@ -159,6 +167,7 @@ def conv_module(
     w: dict,  # engine keys under "layers.{i}.conv." (biases optional)
     norm_type: str,  # "layer_norm" or "batch_norm"
     eps: float,
+    tiles: dict | None = None,
 ) -> torch.Tensor:
     """One conv module step: returns out [B, T, D] in z's dtype and rewrites conv_pool[layer, slots].
 
@@ -169,6 +178,8 @@ def conv_module(
         reference's new caches after it; other slots and layers are not touched
     slots : [B] int64, distinct (two streams in one slot would race on it)
     pad : [B, T] bool
+    tiles : overrides of the launch configuration, keys of TILES[kind] (glu_rows, glu_d, norm_elems, norm_warps);
+        the rest comes from TILES for z's device. Unknown keys are a ValueError.
 
     >>> out = conv_module(z, cache.conv, i, slots, ~valid, model.layers[i]["conv"], "layer_norm", 1e-5)
     """
@@ -180,7 +191,7 @@ def conv_module(
     if norm_type not in ("layer_norm", "batch_norm"):
         raise ValueError(f"norm_type must be 'layer_norm' or 'batch_norm', got {norm_type!r}")
     a = F.linear(z, w["pw1.weight"], w.get("pw1.bias"))  # [B, T, 2D]
-    y = glu_conv_norm(a, conv_pool, layer, slots, pad, w, norm_type, eps)
+    y = glu_conv_norm(a, conv_pool, layer, slots, pad, w, norm_type, eps, tiles)
     return F.linear(y, w["pw2.weight"], w.get("pw2.bias"))
 
 
@@ -193,6 +204,7 @@ def glu_conv_norm(
     w: dict,
     norm_type: str,
     eps: float,
+    tiles: dict | None = None,  # overrides of TILES[kind], as in `conv_module`
 ) -> torch.Tensor:
     """The two Triton kernels of `conv_module` (everything between the pointwise convs): SiLU(norm(dwconv(GLU))) as
     y [B, T, D], with conv_pool[layer, slots] rewritten."""
@@ -200,6 +212,7 @@ def glu_conv_norm(
     D, K = D2 // 2, w["dw.weight"].shape[-1]
     layer_norm = norm_type == "layer_norm"
     dev, dt = a.device, a.dtype
+    tiles = launch_config(TILES["cuda" if dev.type == "cuda" else "interpreter"], tiles)
     y = torch.empty(B, T, D, dtype=dt, device=dev)
     if B == 0:
         return y
@@ -209,7 +222,6 @@ def glu_conv_norm(
     pad = pad.contiguous().view(torch.uint8)
     seq = torch.empty(B, K - 1 + T, D, dtype=dt, device=dev)
     round_bf16 = dt == torch.bfloat16 and dev.type != "cuda"
-    tiles = _TILES["cuda" if dev.type == "cuda" else "interpreter"]
 
     block_r = min(tiles["glu_rows"], triton.next_power_of_2(K - 1 + T))
     block_d = min(tiles["glu_d"], triton.next_power_of_2(D))

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cast_rne
+from ._common import cast_rne, interpreted
 
 
 @triton.jit
@@ -85,7 +85,7 @@ def _launch(x, y, alpha, weight, bias, eps, res):
         D, float(alpha), float(eps),
         xr.stride(0), yr.stride(0), resr.stride(0), outr.stride(0),
         HAS_RESIDUAL=y is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_D=BLOCK_D,
-        RNE_BY_HAND=not isinstance(_add_layer_norm_fwd_kernel, triton.runtime.JITFunction), num_warps=num_warps,
+        RNE_BY_HAND=interpreted(), num_warps=num_warps,
     )
     return out
 

@@ -12,7 +12,7 @@ Two kernels and one GEMM:
    9 taps, the y0 values it reads are recomputed from the mel patch, i.e. conv0 is done ~2.25x over (one extra
    row and column per output) in exchange for not writing and re-reading y0. bf16 recomputes them as a
    [BLOCK_P, 16] x [16, BLOCK_CI] tensor-core product (the 9 conv0 taps padded to 16), fp32 as 9 outer products
-   on the FMA units (see _TILES). The dw1 result is the A operand of pw1's product, accumulated over input-channel
+   on the FMA units (see TILES). The dw1 result is the A operand of pw1's product, accumulated over input-channel
    blocks, so it is never stored either. (The pw1 product is done here, not by cuBLAS, to keep dw1's output on
    chip: 1 MB per stream in fp32 that would otherwise be written and read back.)
 2. `_subsample_stage2_fwd_kernel`: dw2 + pw2 + ReLU -> y2 [B, T3, C * F3], stored at the flattened index
@@ -40,12 +40,14 @@ argument fails (`int()` of a 1-element array).
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import cast_rne
+from ._common import cast_rne, launch_config
 
 
 @triton.jit
@@ -197,23 +199,26 @@ def _subsample_stage2_fwd_kernel(
     tl.store(p_y, cast_rne(b_acc, X_DTYPE, ROUND_BF16), mask=m_p[:, None] & m_co[None, :])
 
 
-# Per dtype and stage: (BLOCK_P output positions, BLOCK_CI input channels per step, num_warps), and how conv0 is
-# computed. The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas; the test
+# The default launch configuration, read-only, per device kind ("cuda", or "interpreter" for any other device) and
+# dtype: for each stage (BLOCK_P output positions, BLOCK_CI input channels per step, num_warps), and how conv0 is
+# computed (conv0_dot). A caller overrides some of these keys with `subsample(..., tiles=...)` (the sweep, the
+# tests). The GPU tiles were chosen by compiling for sm_90 (Triton's bundled ptxas; the test
 # test_subsample_compiles_for_sm90_without_spills repeats it; `python bench/ptxas_report.py --only subsample`
-# prints it) and reading the register use: no spills, 116-151 registers per thread; they are not yet tuned by timing. fp32 computes conv0 as FMAs (an FMA-unit product of the
-# 9 taps padded to 16 took 255 registers and spilled), bf16 as a tensor-core product. The interpreter's cost is per
-# program and per operation, not per element, so on the CPU a program takes a whole stream's positions (up to 1024)
-# and conv0 is one product; tests also run the GPU configuration there.
-_TILES = {
-    "cuda": {
-        torch.float32: {"stage1": (64, 32, 16), "stage2": (64, 16, 16), "conv0_dot": False},
-        torch.bfloat16: {"stage1": (64, 32, 8), "stage2": (64, 32, 16), "conv0_dot": True},
-    },
-    "interpreter": {
-        torch.float32: {"stage1": (1024, 32, 4), "stage2": (1024, 32, 4), "conv0_dot": True},
-        torch.bfloat16: {"stage1": (1024, 32, 4), "stage2": (1024, 32, 4), "conv0_dot": True},
-    },
-}
+# prints it) and reading the register use: no spills, 116-151 registers per thread; they are not yet tuned by
+# timing. fp32 computes conv0 as FMAs (an FMA-unit product of the 9 taps padded to 16 took 255 registers and
+# spilled), bf16 as a tensor-core product. The interpreter's cost is per program and per operation, not per element,
+# so on the CPU a program takes a whole stream's positions (up to 1024) and conv0 is one product; tests also run
+# the GPU configuration there, by passing TILES["cuda"][dtype] as `tiles`.
+TILES = MappingProxyType({
+    "cuda": MappingProxyType({
+        torch.float32: MappingProxyType({"stage1": (64, 32, 16), "stage2": (64, 16, 16), "conv0_dot": False}),
+        torch.bfloat16: MappingProxyType({"stage1": (64, 32, 8), "stage2": (64, 32, 16), "conv0_dot": True}),
+    }),
+    "interpreter": MappingProxyType({
+        torch.float32: MappingProxyType({"stage1": (1024, 32, 4), "stage2": (1024, 32, 4), "conv0_dot": True}),
+        torch.bfloat16: MappingProxyType({"stage1": (1024, 32, 4), "stage2": (1024, 32, 4), "conv0_dot": True}),
+    }),
+})
 
 
 def _out_size(n: int) -> int:
@@ -224,6 +229,7 @@ def subsample(
     mel: torch.Tensor,  # [B, T, n_mels]
     lengths: torch.Tensor,  # [B] int64 valid mel frames
     w: dict,  # engine keys under "subsample." (biases optional: all present or all absent)
+    tiles: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Subsample mel frames 8x in time: returns (x [B, T3, D] in mel's dtype, lengths [B] int64).
 
@@ -232,10 +238,13 @@ def subsample(
     mel : [B, T, F] float32 or bfloat16, the dtype of the weights
     lengths : [B] int64 (or int32), valid frames per stream (>= 0; frames beyond are read as zeros)
     w : conv0/dw1/pw1/dw2/pw2/out .weight and .bias, as grouped in `Model.sub`
+    tiles : overrides of the launch configuration, keys of TILES[kind][dtype] ("stage1", "stage2": (BLOCK_P,
+        BLOCK_CI, num_warps); "conv0_dot"); the rest comes from TILES for mel's device and dtype. Unknown keys are a
+        ValueError.
 
     >>> x, n = subsample(mel, torch.tensor([105], device="cuda"), model.sub)   # 105 mel frames -> 14 frames
     """
-    y2, n = conv_stages(mel, lengths, w)
+    y2, n = conv_stages(mel, lengths, w, tiles)
     return F.linear(y2, w["out.weight"], w.get("out.bias")), n
 
 
@@ -243,6 +252,7 @@ def conv_stages(
     mel: torch.Tensor,  # [B, T, n_mels]
     lengths: torch.Tensor,  # [B]
     w: dict,
+    tiles: dict | None = None,  # overrides of TILES[kind][dtype], as in `subsample`
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two Triton kernels of `subsample` (everything but the output Linear): (y2 [B, T3, C * F3], lengths [B])."""
     B, T0, F0 = mel.shape
@@ -260,6 +270,8 @@ def conv_stages(
     mm_dtype = tl.float32 if dt == torch.float32 or dev.type != "cuda" else tl.bfloat16 if dt == torch.bfloat16 \
         else tl.float16
     round_bf16 = dt == torch.bfloat16 and dev.type != "cuda"
+    tiles = launch_config(TILES["cuda" if dev.type == "cuda" else "interpreter"][
+        torch.float32 if dt == torch.float32 else torch.bfloat16], tiles)
 
     def wt(name, shape):
         return w[name].reshape(shape).contiguous()
@@ -274,8 +286,6 @@ def conv_stages(
     if B == 0:
         return y2, n
     block_co = min(max(triton.next_power_of_2(C), 16), 256)
-    tiles = _TILES["cuda" if dev.type == "cuda" else "interpreter"][
-        torch.float32 if dt == torch.float32 else torch.bfloat16]
 
     block_p, block_ci, num_warps = tiles["stage1"]
     block_p = min(block_p, max(triton.next_power_of_2(T2 * F2), 16))

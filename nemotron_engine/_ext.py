@@ -2,14 +2,6 @@
 
 Nothing here imports _C at `import nemotron_engine` time: `load_extension()` tries once, on first use, and
 remembers why it failed (`extension_error()`), e.g. "not built: NEMOTRON_SKIP_CUDA_BUILD was set".
-
-Paged pool layout (DESIGN.md, "The paged stream cache"): a stream's logical frame f lives in page
-`page_table[stream, (f // page_size) % pages_per_stream]` at row `f % page_size`.
-
-Out-of-range indices are skipped, never written, by the kernels and the references alike: a page id outside
-[0, num_pages), a stream index outside [0, n_streams), a negative frame position, or a page-table entry outside
-[0, num_pages) (e.g. -1 for "no page"). Pass `skipped` (an int32 tensor of shape [1]) to have the number of skipped
-ids / rows added to it, to be checked later without a host sync inside the step.
 """
 
 from __future__ import annotations
@@ -26,10 +18,6 @@ __all__ = [
     "load_extension",
     "extension_error",
     "build_info",
-    "fill_pages",
-    "fill_pages_ref",
-    "write_rows",
-    "write_rows_ref",
     "rnnt_greedy",
     "rnnt_greedy_ref",
 ]
@@ -92,13 +80,11 @@ def _dtype_code(ext: ModuleType, dtype: torch.dtype) -> int:
     return {torch.float32: ext.DTYPE_FLOAT32, torch.bfloat16: ext.DTYPE_BFLOAT16}[dtype]
 
 
-def _check_cuda(op: str, name: str, t: torch.Tensor, device: Optional[torch.device] = None) -> None:
+def _check_cuda(op: str, name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cuda":
         raise ValueError(f"{op}: {name} must be a CUDA tensor, got device {t.device}; use {op}_ref on the CPU")
-    if device is not None and t.device != device:
-        raise ValueError(f"{op}: {name} is on {t.device} but pool is on {device}; move it to {device}")
 
 
 def _check_dtype(op: str, name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
@@ -110,161 +96,6 @@ def _check_dtype(op: str, name: str, t: torch.Tensor, allowed: tuple[torch.dtype
 def _check_shape(op: str, name: str, t: torch.Tensor, expected: tuple, what: str) -> None:
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{op}: {name} must have shape {what} = {list(expected)}, got {list(t.shape)}")
-
-
-def _check_skipped(op: str, skipped: Optional[torch.Tensor], device: Optional[torch.device]) -> int:
-    if skipped is None:
-        return 0
-    if device is not None:
-        _check_cuda(op, "skipped", skipped, device)
-    _check_dtype(op, "skipped", skipped, (torch.int32,))
-    _check_shape(op, "skipped", skipped, (1,), "[1]")
-    return skipped.data_ptr()
-
-
-def fill_pages(pool: torch.Tensor, page_ids: torch.Tensor, value: float, *,
-               skipped: Optional[torch.Tensor] = None) -> None:
-    """Set every element of the listed pages of `pool` to `value`, in place (CUDA kernel).
-
-    Used to clear a stream's pages when it opens or closes. Reference: `fill_pages_ref`.
-
-    Parameters
-    ----------
-    pool : torch.Tensor
-        [num_pages, ...] float32 or bfloat16, contiguous, CUDA; page p is pool[p].
-    page_ids : torch.Tensor
-        [n] int32, contiguous, same device. Ids outside [0, num_pages) are skipped.
-    value : float
-        Converted to the pool dtype as torch does (round to nearest even).
-    skipped : torch.Tensor, optional
-        [1] int32, same device: the number of skipped ids is added to it.
-
-    >>> pool = torch.zeros(8, 16, 64, device="cuda")                    # [P, page_size, E]
-    >>> fill_pages(pool, torch.tensor([3, 5], dtype=torch.int32, device="cuda"), float("nan"))
-    >>> bool(pool[3].isnan().all()), bool(pool[4].isnan().any())
-    (True, False)
-    """
-    op = "fill_pages"
-    _check_cuda(op, "pool", pool)
-    _check_cuda(op, "page_ids", page_ids, pool.device)
-    _check_dtype(op, "pool", pool, (torch.float32, torch.bfloat16))
-    _check_dtype(op, "page_ids", page_ids, (torch.int32,))
-    if pool.dim() < 1 or not pool.is_contiguous():
-        raise ValueError(f"{op}: pool must be a contiguous [num_pages, ...] tensor, got shape {list(pool.shape)} "
-                         f"with strides {list(pool.stride())}; allocate the pool contiguous")
-    if page_ids.dim() != 1 or not page_ids.is_contiguous():
-        raise ValueError(f"{op}: page_ids must be a contiguous 1-D tensor, got shape {list(page_ids.shape)}")
-    skipped_ptr = _check_skipped(op, skipped, pool.device)
-    ext = _require_extension(op)
-    num_pages = pool.shape[0]
-    page_elems = pool[0].numel() if num_pages > 0 else 0
-    with torch.cuda.device(pool.device):
-        ext.fill_pages(pool.data_ptr(), _dtype_code(ext, pool.dtype), num_pages, page_elems, page_ids.data_ptr(),
-                       page_ids.numel(), float(value), skipped_ptr, torch.cuda.current_stream(pool.device).cuda_stream)
-
-
-def fill_pages_ref(pool: torch.Tensor, page_ids: torch.Tensor, value: float, *,
-                   skipped: Optional[torch.Tensor] = None) -> None:
-    """Reference for `fill_pages`: any device, any dtype; same arguments and in-place result."""
-    # pool: [P, ...]; page_ids: [n] int32; skipped: [1] int32 or None
-    num_pages = pool.shape[0]
-    ids = page_ids.long()
-    valid = (ids >= 0) & (ids < num_pages)
-    pool[ids[valid]] = value
-    if skipped is not None:
-        skipped += (~valid).sum().to(skipped.dtype)
-
-
-def write_rows(pool: torch.Tensor, src: torch.Tensor, stream_idx: torch.Tensor, frame_pos: torch.Tensor,
-               page_table: torch.Tensor, *, skipped: Optional[torch.Tensor] = None) -> None:
-    """Scatter rows into the paged pool, in place (CUDA kernel): row r goes to
-    page `page_table[stream_idx[r], (frame_pos[r] // page_size) % pages_per_stream]`, row `frame_pos[r] % page_size`.
-
-    Rows must target distinct slots; if two rows share one, which one lands is unspecified.
-    Reference: `write_rows_ref`.
-
-    Parameters
-    ----------
-    pool : torch.Tensor
-        [num_pages, page_size, E] float32 or bfloat16, contiguous, CUDA.
-    src : torch.Tensor
-        [n_rows, E], the pool's dtype, same device; rows may be strided (src.stride(1) must be 1), e.g. a slice of a
-        fused projection output, or broadcast (stride 0).
-    stream_idx : torch.Tensor
-        [n_rows] int32: the stream (page-table row) of each row.
-    frame_pos : torch.Tensor
-        [n_rows] int64: the logical frame index of each row.
-    page_table : torch.Tensor
-        [n_streams, pages_per_stream] int32, page_table.stride(1) == 1.
-    skipped : torch.Tensor, optional
-        [1] int32: the number of rows not written (out-of-range stream, negative frame, page outside the pool) is
-        added to it.
-
-    >>> pool = torch.zeros(8, 4, 64, dtype=torch.bfloat16, device="cuda")  # [P, page_size, E]
-    >>> table = torch.tensor([[5, 2]], dtype=torch.int32, device="cuda")   # [1 stream, 2 pages]
-    >>> src = torch.ones(3, 64, dtype=torch.bfloat16, device="cuda")       # frames 4, 5, 6 of stream 0
-    >>> write_rows(pool, src, torch.zeros(3, dtype=torch.int32, device="cuda"),
-    ...            torch.tensor([4, 5, 6], device="cuda"), table)
-    >>> pool[2, :3].eq(1).all().item()
-    True
-    """
-    op = "write_rows"
-    _check_cuda(op, "pool", pool)
-    for name, t in (("src", src), ("stream_idx", stream_idx), ("frame_pos", frame_pos), ("page_table", page_table)):
-        _check_cuda(op, name, t, pool.device)
-    _check_dtype(op, "pool", pool, (torch.float32, torch.bfloat16))
-    _check_dtype(op, "src", src, (pool.dtype,))
-    _check_dtype(op, "stream_idx", stream_idx, (torch.int32,))
-    _check_dtype(op, "frame_pos", frame_pos, (torch.int64,))
-    _check_dtype(op, "page_table", page_table, (torch.int32,))
-    if pool.dim() != 3 or not pool.is_contiguous():
-        raise ValueError(f"{op}: pool must be a contiguous [num_pages, page_size, E] tensor, got shape "
-                         f"{list(pool.shape)} with strides {list(pool.stride())}")
-    num_pages, page_size, row_elems = pool.shape
-    if page_size == 0:
-        raise ValueError(f"{op}: pool has page_size 0 (shape {list(pool.shape)})")
-    if src.dim() != 2 or src.shape[1] != row_elems:
-        raise ValueError(f"{op}: src must have shape [n_rows, E] with E = pool.shape[2] = {row_elems}, "
-                         f"got {list(src.shape)}")
-    n_rows = src.shape[0]
-    if src.stride(1) != 1 and row_elems > 1:
-        raise ValueError(f"{op}: src rows must be contiguous (src.stride(1) == 1), got strides {list(src.stride())}")
-    _check_shape(op, "stream_idx", stream_idx, (n_rows,), "[n_rows]")
-    _check_shape(op, "frame_pos", frame_pos, (n_rows,), "[n_rows]")
-    if not stream_idx.is_contiguous() or not frame_pos.is_contiguous():
-        raise ValueError(f"{op}: stream_idx and frame_pos must be contiguous")
-    if page_table.dim() != 2 or page_table.shape[1] == 0 or (page_table.shape[1] > 1 and page_table.stride(1) != 1):
-        raise ValueError(f"{op}: page_table must be [n_streams, pages_per_stream] with pages_per_stream > 0 and "
-                         f"stride(1) == 1, got shape {list(page_table.shape)} strides {list(page_table.stride())}")
-    n_streams, pages_per_stream = page_table.shape
-    skipped_ptr = _check_skipped(op, skipped, pool.device)
-    ext = _require_extension(op)
-    with torch.cuda.device(pool.device):
-        # A size-1 dim's stride is arbitrary in torch; report the dense one there.
-        src_row_stride = src.stride(0) if n_rows > 1 else row_elems
-        table_stride = page_table.stride(0) if n_streams > 1 else pages_per_stream
-        ext.write_rows(pool.data_ptr(), _dtype_code(ext, pool.dtype), num_pages, page_size, row_elems,
-                       src.data_ptr(), n_rows, src_row_stride, stream_idx.data_ptr(), frame_pos.data_ptr(),
-                       page_table.data_ptr(), n_streams, pages_per_stream, table_stride, skipped_ptr,
-                       torch.cuda.current_stream(pool.device).cuda_stream)
-
-
-def write_rows_ref(pool: torch.Tensor, src: torch.Tensor, stream_idx: torch.Tensor, frame_pos: torch.Tensor,
-                   page_table: torch.Tensor, *, skipped: Optional[torch.Tensor] = None) -> None:
-    """Reference for `write_rows`: any device, any dtype; same arguments and in-place result."""
-    # pool: [P, page_size, E]; src: [N, E]; stream_idx: [N] int32; frame_pos: [N] int64
-    # page_table: [S, pages_per_stream] int32; skipped: [1] int32 or None
-    num_pages, page_size, _ = pool.shape
-    n_streams, pages_per_stream = page_table.shape
-    stream = stream_idx.long()  # [N]
-    frame = frame_pos.long()  # [N]
-    ok = (stream >= 0) & (stream < n_streams) & (frame >= 0)  # [N]
-    page = torch.full_like(frame, -1)  # [N]
-    page[ok] = page_table[stream[ok], (frame[ok] // page_size) % pages_per_stream].long()
-    ok &= (page >= 0) & (page < num_pages)
-    pool[page[ok], frame[ok] % page_size] = src[ok]
-    if skipped is not None:
-        skipped += (~ok).sum().to(skipped.dtype)
 
 
 def rnnt_greedy(f: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor, frame_offset: torch.Tensor,

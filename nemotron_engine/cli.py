@@ -2,8 +2,8 @@
 
     nemotron-engine convert SRC.nemo OUT_DIR
     nemotron-engine transcribe [--model OUT_DIR] [--lookahead-ms 80|160|560|1120] [--json] [--timing] [--tokens]
-                               [--device cpu|cuda[:N]] [--dtype float32|bfloat16] [--backend torch|triton]
-                               [--decoder-kernel blocked|grid] [FILE...]
+                               [--device cpu|cuda[:N]] [--dtype float32|bfloat16]
+                               [--backend cpu|torch|triton] [FILE...]
                                (default: the shipped demo model and its examples, on the CPU)
     nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
     nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
@@ -111,8 +111,7 @@ def cmd_transcribe(args) -> int:
             raise FileNotFoundError(f"{model}: not a model directory (no config.json); give --model, a directory "
                                     "written by `nemotron-engine convert`")
         t_load = time.perf_counter()
-        engine = Engine(model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend,
-                        decoder_kernel=args.decoder_kernel)
+        engine = Engine(model, device=args.device, dtype=getattr(torch, args.dtype), backend=args.backend)
         t_load = time.perf_counter() - t_load
         if args.lookahead_ms is not None:
             engine.cfg.lookahead_from_ms(args.lookahead_ms)
@@ -156,8 +155,21 @@ def demo_model_dir() -> Path:
     return Path(weights.__file__).parent / "demo"
 
 
+def _parity_missing(cmd: str) -> bool:
+    """True, after one line on stderr saying how to install it, when the nemotron_parity harness is not installed."""
+    try:
+        import nemotron_parity  # noqa: F401  (imported only to check it is there)
+    except ImportError:
+        _err(f"{cmd} needs the NeMo parity harness (nemotron-parity), which is not installed: pip install -e ./parity "
+             "(from a clone of the repository; brings nemo_toolkit[asr]==3.0.0)")
+        return True
+    return False
+
+
 def cmd_parity(args) -> int:
-    # NeMo is not a dependency of the engine: the comparison lives in the separate nemotron_parity package
+    # NeMo is not a dependency of the engine: the comparison lives in the separate nemotron-parity distribution
+    if _parity_missing("parity"):
+        return 2
     from nemotron_parity import nemo_missing
 
     missing = nemo_missing()
@@ -173,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         # the benchmark runs NeMo beside the engine: it lives in nemotron_parity, with its own options
+        if _parity_missing("bench"):
+            return 2
         from nemotron_parity.bench import main as bench_main
 
         return bench_main(argv[1:])
@@ -196,10 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights and activations (default float32, the parity dtype)")
-    t.add_argument("--backend", default=None, choices=["torch", "triton"],
-                   help="default: torch on the CPU, triton (Triton kernels + the CUDA decoder) on CUDA")
-    t.add_argument("--decoder-kernel", default="blocked", choices=["blocked", "grid"],
-                   help="the CUDA greedy decoder with --backend triton on CUDA (default blocked; see Engine)")
+    t.add_argument("--backend", default=None, choices=["cpu", "torch", "triton"],
+                   help="the op table (see Engine): default cpu on the CPU, triton (Triton kernels + the CUDA "
+                        "decoder) on CUDA; torch: the plain reference ops")
     t.add_argument("files", nargs="*", help="audio files (default: the model's examples/*.wav)")
     t.set_defaults(func=cmd_transcribe)
 

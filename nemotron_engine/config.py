@@ -2,7 +2,7 @@
 
 The converter (`nemotron_engine.weights.convert`) writes config.json; this module reads it back and derives the
 streaming constants (chunk sizes, caches) that NeMo's `setup_streaming_params` derives for chunked_limited
-attention. Facts are from NeMo 3.0 (see SPEC.md §3.3).
+attention. The rules are NeMo 3.0's, stated in docs/streaming.md#2-chunking and docs/streaming.md#3-subsampling.
 """
 from __future__ import annotations
 

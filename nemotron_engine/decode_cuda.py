@@ -4,7 +4,7 @@ and written in place at the streams' slots, one device-to-host copy at the end.
 The engine calls `greedy_decode_pool` instead of gathering the decoder state, running the reference
 `greedy_decode` and scattering it back. impl="cuda" is the kernel (nemotron_engine._C, csrc/rnnt_greedy.cu);
 impl="torch" its host-sync-free torch twin (`_ext.rnnt_greedy_ref`), on any device. Both follow
-`nemotron_engine.reference.decoder.greedy_decode` (SPEC.md §4.3) token for token.
+`nemotron_engine.reference.decoder.greedy_decode` (docs/streaming.md#8-greedy-rnn-t-decoding) token for token.
 """
 from __future__ import annotations
 

@@ -1,19 +1,19 @@
 """Engine and Stream: streams push audio at their own pace; `engine.step()` runs one batched step over every
 stream with a chunk ready.
 
-Chunking reproduces NeMo's cache-aware streaming buffer (CacheAwareStreamingAudioBuffer, SPEC.md §1.3) exactly:
+Chunking reproduces NeMo's cache-aware streaming buffer (CacheAwareStreamingAudioBuffer;
+docs/streaming.md#2-chunking) exactly:
 - a stream's first chunk is 1 + 8R mel frames, with no pre-encode cache and nothing dropped;
 - every later chunk is the 9 previous mel frames (left-padded with zero frames when fewer exist) followed by
   8(R+1) new ones, and the first 2 subsampled frames are dropped;
-- at the end of input the last chunk is whatever remains (shorter), unless fewer than 8 new frames remain, in
-  which case they are dropped, as NeMo drops them.
+- at the end of input the last chunk is whatever remains (shorter), unless too few new frames remain to give an
+  encoder frame (fewer than 8; fewer than 1 for a first chunk), in which case they are dropped, as NeMo drops them.
 Every stream's encoder and decoder state lives in the engine's paged StreamCache (cache.py), preallocated at
-start-up; a step reads and updates it in place for the streams it runs.
+start-up; a step reads and updates it in place for the streams it runs. The step's ops come from the backend's op
+table (ops.py).
 """
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +23,10 @@ import torch
 from .cache import StreamCache, bytes_per_stream
 from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, ModelConfig
 from .features import MelFrontend
+from .encoder import encoder_step
 from .model import Model
-from .reference.decoder import DecoderState, greedy_decode, initial_state
-from .reference.encoder import encoder_step_paged
+from .ops import Ops, get_ops
+from .reference.decoder import initial_state
 from .tokenizer import Tokenizer
 
 
@@ -49,6 +50,7 @@ class Update:
     timestamps_ms: list[int]
     text: str  # the whole transcript so far
     final: bool
+    needed_samples: int = 0  # samples of the stream that had to arrive for this step's chunk (its last one + 1)
 
 
 def _as_float_pcm(pcm, sample_rate: int, expected: int) -> torch.Tensor:
@@ -87,7 +89,7 @@ class Stream:
         self.mel_base = 0
         self.next_mel = 0  # index of the first mel frame not yet fed to the encoder
         self.steps = 0
-        self.frames = 0  # encoder frames decoded so far
+        self.valid_frames = 0  # valid (not padded) encoder frames decoded so far: the next token timestamp's base
         self.tokens: list[int] = []
         self.stamps: list[int] = []
         self.input_done = False
@@ -176,42 +178,8 @@ class Stream:
                       [f * eng.cfg.frame_ms for f in self.stamps], self.done, self.samples / eng.cfg.sample_rate)
 
 
-def _decode_torch(model, enc, lengths, cache, slots, offsets):
-    """The reference greedy decoder over the streams' decoder state in the pool (gathered, then written back)."""
-    dec = DecoderState(cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots])
-    toks, stamps, dec = greedy_decode(model, enc, lengths, dec, offsets)
-    cache.h[:, slots], cache.c[:, slots], cache.label[slots], cache.pred[slots] = dec.h, dec.c, dec.label, dec.pred
-    return toks, stamps
-
-
-def _select_backend(backend: str, device: torch.device, decoder_kernel: str = "blocked"):
-    """(encoder step, decoder) for a backend; see Engine."""
-    if decoder_kernel not in ("blocked", "grid"):
-        raise ValueError(f"decoder_kernel must be 'blocked' or 'grid', got {decoder_kernel!r}")
-    if backend == "torch":
-        return encoder_step_paged, _decode_torch
-    if backend != "triton":
-        raise ValueError(f"backend must be 'torch' or 'triton', got {backend!r}")
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"backend='triton' on device {device} needs a CUDA device, or TRITON_INTERPRET=1 set before "
-                         "nemotron_engine is imported (Triton's interpreter, for tests)")
-    try:
-        from .kernels.encoder import encoder_step_paged as triton_step
-    except ImportError as e:
-        raise ValueError(f"backend='triton' needs the triton package ({e}); pip install triton") from e
-    decode = _decode_torch
-    if device.type == "cuda":
-        from . import _ext
-
-        if _ext.load_extension() is not None:
-            from .decode_cuda import greedy_decode_pool
-
-            decode = functools.partial(greedy_decode_pool, kernel=decoder_kernel)
-    return triton_step, decode
-
-
 class Engine:
-    """The reference streaming engine (pure torch).
+    """The streaming engine: a pool of streams, stepped in batches.
 
     >>> engine = Engine("out_dir")
     >>> s = engine.open_stream(lookahead_ms=560)
@@ -222,23 +190,18 @@ class Engine:
 
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                  max_streams: int | None = None,
-                 memory_budget: int | None = None, keep_encoder_outputs: bool = False, backend: str | None = None,
-                 cpu_packed: bool | None = None, decoder_kernel: str = "blocked"):
+                 memory_budget: int | None = None, keep_encoder_outputs: bool = False,
+                 backend: str | Ops | None = None):
         """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
         streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
         parity checks against NeMo, which compare activations step by step).
 
-        backend: "torch" (the reference, pure torch; the default on the CPU) or "triton" (the default on CUDA:
-        the Triton encoder kernels, and on CUDA the CUDA greedy decoder of the compiled extension). On the CPU the
-        Triton path runs under Triton's interpreter, with TRITON_INTERPRET=1 set before the engine is imported.
-
-        cpu_packed: on the CPU in float32 with the torch backend (the default there: None means True), the
-        per-frame linear weights are prepacked once for oneDNN, which runs the few-row products of a streaming step
-        faster than torch's default CPU path (reference/linear.py); False keeps plain F.linear.
-
-        decoder_kernel: which CUDA greedy decoder the triton backend runs on CUDA ("blocked", the default: a block
-        per stream; "grid": every block on every stream, for few streams; see `_ext.rnnt_greedy`). Both give the
-        same tokens bit for bit; elsewhere the choice has no effect.
+        backend: the op table the step runs (ops.py): "cpu" (the default on the CPU: the reference ops tuned for
+        it, prepacked oneDNN products, channels-last subsampling, attention per stream; batch invariant bit for bit),
+        "torch" (the plain reference ops on any device; on CUDA its greedy decoder reads every emitted token back to
+        the host), "triton" (the default on CUDA: the Triton kernels and the CUDA greedy decoder of the compiled
+        extension; an error when the extension is missing; on the CPU only under Triton's interpreter, for tests),
+        or an `Ops` table of one's own (the benchmarks pass `ops.triton_ops(device, decoder_kernel="grid")`).
         """
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
@@ -246,12 +209,10 @@ class Engine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device here (torch.cuda.is_available() is False; torch "
                              f"{torch.__version__}); use device='cpu'")
-        self.backend = backend or ("triton" if self.device.type == "cuda" else "torch")
-        self._encoder_step, self._decode = _select_backend(self.backend, self.device, decoder_kernel)
-        if cpu_packed is None:
-            cpu_packed = self.backend == "torch"
-        self.model = Model.load(model_dir, dtype=dtype, device=self.device,
-                                cpu_packed=bool(cpu_packed) and self.backend == "torch")
+        self.ops: Ops = backend if isinstance(backend, Ops) else get_ops(backend, self.device)
+        self.backend = self.ops.name
+        self.model = Model.load(model_dir, dtype=dtype, device=self.device)
+        self.ops.prepare(self.model)
         self.cfg: ModelConfig = self.model.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
         if max_streams is not None and memory_budget is not None:
@@ -264,7 +225,7 @@ class Engine:
         self.cache = StreamCache(self.cfg, 64 if max_streams is None else max_streams, dtype, device=self.device)
         # every stream starts from the same decoder state (one LSTM step on SOS): computed once
         with torch.inference_mode():
-            self.dec_after_sos = initial_state(self.model, 1)
+            self.dec_after_sos = initial_state(self.model, 1, self.ops.linear)
         self.streams: dict[int, Stream] = {}
         self._next_id = 0
 
@@ -291,7 +252,8 @@ class Engine:
             self.close(s)
 
     def drain(self):
-        """Step until every open stream whose input has finished is final, yielding each update.
+        """Step until every open stream whose input has finished is final, yielding each update (the updates of
+        every stream stepped meanwhile, whether finished or not).
 
         >>> s.finish()
         >>> for u in engine.drain(): print(u.stream.id, u.text, u.final)
@@ -308,15 +270,18 @@ class Engine:
         return any(not s.done for s in self.streams.values())
 
     @torch.inference_mode()
-    def step(self) -> list[Update]:
-        """One batched step over every stream with a chunk ready; returns an update per stepped stream."""
+    def step(self, streams=None) -> list[Update]:
+        """One batched step over every stream with a chunk ready (or over those of `streams` only) -> an update per
+        stepped stream."""
         groups: dict[tuple, list[tuple[Stream, torch.Tensor]]] = {}
         updates = []
-        for s in self.streams.values():
+        for s in (self.streams.values() if streams is None else streams):
+            if s.closed:
+                continue
             if s.done:
                 if not s.final_reported:  # turned final at finish() without another chunk
                     s.final_reported = True
-                    updates.append(Update(s, [], [], self.tokenizer.decode(s.tokens), True))
+                    updates.append(Update(s, [], [], self.tokenizer.decode(s.tokens), True, s.samples))
                 continue
             chunk = s.next_chunk()
             if chunk is not None:
@@ -334,22 +299,24 @@ class Engine:
         mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
         slots = torch.tensor([s.slot for s in streams], dtype=torch.int64, device=dev)
         cache = self.cache
-        out, out_len = self._encoder_step(self.model, mel, mel_len, cache, slots, r, first)
-        offsets = torch.tensor([s.frames for s in streams], device=dev)
-        toks, stamps = self._decode(self.model, out, out_len, cache, slots, offsets)
+        out, out_len = encoder_step(self.model, self.ops, mel, mel_len, cache, slots, r, first)
+        offsets = torch.tensor([s.valid_frames for s in streams], device=dev)
+        toks, stamps = self.ops.decode(self.model, out, out_len, cache, slots, offsets)
         updates = []
         n_new = mel.shape[1] - (0 if first else PRE_ENCODE_CACHE)
         lens = out_len.tolist()  # one device-to-host read per group, after the decoder has returned the tokens
         for i, s in enumerate(streams):
-            s.frames += lens[i]
+            s.valid_frames += lens[i]
             s.tokens += toks[i]
             s.stamps += stamps[i]
             s._consumed(n_new)
             if self.keep_encoder_outputs:
                 s.encoder_outputs.append(out[i, : lens[i]].float().cpu())  # [T, D]
             s.final_reported = s.done
+            # mel frame m is complete once sample hop * m + n_fft // 2 - 1 has arrived (features.py)
+            needed = min(s.samples, (s.next_mel - 1) * self.cfg.hop_length + self.cfg.n_fft // 2)
             updates.append(Update(s, toks[i], [f * self.cfg.frame_ms for f in stamps[i]],
-                                  self.tokenizer.decode(s.tokens), s.done))
+                                  self.tokenizer.decode(s.tokens), s.done, needed))
         return updates
 
     def transcribe(self, pcm, lookahead_ms: int | None = None) -> Result:
@@ -358,7 +325,8 @@ class Engine:
 
     def transcribe_many(self, pcms, lookahead_ms: int | None = None) -> list[Result]:
         """Stream several whole signals at once, each its own stream, batched into the same steps -> their final
-        results, in order. Needs a free stream slot per signal; the streams are closed on return."""
+        results, in order. Needs a free stream slot per signal; the streams are closed on return. Only these streams
+        are stepped: other streams of the engine are left for their owners to step."""
         streams = []
         try:
             for pcm in pcms:
@@ -366,7 +334,7 @@ class Engine:
                 streams[-1].push(pcm)
                 streams[-1].finish()
             while any(not s.done for s in streams):
-                self.step()
+                self.step(streams)
             return [s.result() for s in streams]
         finally:
             for s in streams:

@@ -1,6 +1,6 @@
 """Incremental log-mel features: PCM pushed in pieces of any size -> mel frames equal to NeMo's whole-file features.
 
-NeMo FilterbankFeatures (SPEC.md §1), for a stream of L samples:
+NeMo FilterbankFeatures (docs/streaming.md#1-features), for a stream of L samples:
   y = pre-emphasis(x) (y[0] = x[0], y[t] = x[t] - 0.97 x[t-1]); STFT with center=True (256 zeros each side),
   n_fft 512, hop 160, the checkpoint's 400-tap window centred in 512; power = |X|^2 (sqrt first, then squared);
   mel = fb @ power; log(mel + 2^-24); T = L // 160 + 1 frames, of which the last (index L // 160) is set to the

@@ -13,16 +13,6 @@ from safetensors.torch import load_file
 
 from .config import ModelConfig
 from .reference.attention import position_projection
-from .reference.linear import pack_linears, packing_available
-
-# The products prepacked for oneDNN on the CPU: every per-frame product, and the decoder's per-symbol ones.
-LAYER_LINEARS = ["ff1.w1", "ff1.w2", "att.wq", "att.wk", "att.wv", "att.wo", "ff2.w1", "ff2.w2"]
-CONV_LINEARS = ["pw1.weight", "pw2.weight"]
-JOINT_LINEARS = ["enc.weight", "pred.weight", "out.weight"]
-
-
-def decoder_linears(cfg: ModelConfig) -> list[str]:
-    return [f"lstm.{i}.{name}" for i in range(cfg.pred_rnn_layers) for name in ("w_ih", "w_hh")]
 
 
 def _strip(w: dict, prefix: str) -> dict:
@@ -32,10 +22,7 @@ def _strip(w: dict, prefix: str) -> dict:
 class Model:
     """A converted model on one device and dtype: config, weights grouped per module, precomputed tables."""
 
-    def __init__(self, cfg: ModelConfig, tensors: dict, dtype: torch.dtype = torch.float32, device="cpu",
-                 cpu_packed: bool = False):
-        """cpu_packed: prepack the per-frame linear weights for oneDNN (float32 on the CPU only; see
-        reference/linear.py). Their dense copies are then dropped from the weight dicts."""
+    def __init__(self, cfg: ModelConfig, tensors: dict, dtype: torch.dtype = torch.float32, device="cpu"):
         self.cfg = cfg
         self.dtype = dtype
         self.device = torch.device(device)
@@ -51,7 +38,7 @@ class Model:
         self.sub = _strip(w, "subsample.")
         self.layers = [_strip(w, f"layers.{i}.") for i in range(cfg.n_layers)]
         for lw in self.layers:
-            lw["conv"] = _strip(lw, "conv.")  # the conv module's weights, keyed as conv_module() reads them
+            lw["conv"] = _strip(lw, "conv.")  # the conv module's weights, keyed as the conv ops read them
         self.dec = _strip(w, "decoder.")
         self.joint = _strip(w, "joint.")
         # Relative positions a streaming step uses: query i in [0, T), key j in [0, C + T), T <= R_max + 1,
@@ -60,31 +47,13 @@ class Model:
         self.rel_lo = -r_max
         self.pos = [position_projection(lw["att.wpos"], -r_max, cfg.left_context + r_max, cfg.n_heads)
                     for lw in self.layers]
-        self.packed_bytes = 0
-        if cpu_packed and self.device.type == "cpu" and dtype == torch.float32 and packing_available():
-            self._pack()
-
-    def _pack(self) -> None:
-        # (the dict the products read, the weights packed there, the other dicts holding the same tensors under a
-        # prefix): the dense copies are dropped from all of them, so their memory is freed
-        groups = [(self.sub, ["out.weight"], [(self.w, "subsample.")]),
-                  (self.joint, JOINT_LINEARS, [(self.w, "joint.")]),
-                  (self.dec, decoder_linears(self.cfg), [(self.w, "decoder.")])]
-        for i, lw in enumerate(self.layers):
-            groups.append((lw, LAYER_LINEARS, [(self.w, f"layers.{i}.")]))
-            groups.append((lw["conv"], CONV_LINEARS, [(self.w, f"layers.{i}.conv."), (lw, "conv.")]))
-        for d, names, aliases in groups:
-            self.packed_bytes += pack_linears(d, names)
-            for alias, prefix in aliases:
-                for n in names:
-                    alias.pop(prefix + n, None)
+        self.packed_bytes = 0  # bytes of weights a backend prepacked (cpu_ops.pack_model)
 
     @classmethod
-    def load(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device="cpu",
-             cpu_packed: bool = False) -> "Model":
+    def load(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device="cpu") -> "Model":
         model_dir = Path(model_dir)
         cfg = ModelConfig.load(model_dir)
         path = model_dir / "model.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: re-run `nemotron-engine convert`")
-        return cls(cfg, load_file(str(path)), dtype=dtype, device=device, cpu_packed=cpu_packed)
+        return cls(cfg, load_file(str(path)), dtype=dtype, device=device)

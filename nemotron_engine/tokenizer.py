@@ -1,4 +1,5 @@
-"""Detokenisation: SentencePiece ids -> text, with NeMo's punctuation-spacing rule (SPEC.md §4.3).
+"""Detokenisation: SentencePiece ids -> text, with NeMo's punctuation-spacing rule
+(docs/streaming.md#9-detokenisation).
 
 NeMo (`tokenizer_utils.extract_punctuation_from_vocab`): the supported punctuation is every Unicode 'P*' character
 found in a piece that is not special (not [..], <..>, ##.., ▁.., or blank). After SentencePiece decoding, one

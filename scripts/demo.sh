@@ -4,4 +4,6 @@
 # Extra arguments go to `nemotron-engine transcribe` (e.g. --lookahead-ms 80, --json, or your own WAV files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the project virtual environment that setup.sh made, unless one is active
+[ -n "${VIRTUAL_ENV:-}" ] || [ ! -x .venv/bin/python3 ] || PATH="$PWD/.venv/bin:$PATH"
 nemotron-engine transcribe --timing --tokens "$@"

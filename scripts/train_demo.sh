@@ -9,6 +9,8 @@
 # THREADS=1, then RESUME_MINUTES="35 100" with 2 threads (13,209 steps; one hour alone leaves WER near 40 %).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the project virtual environment that setup.sh made, unless one is active
+[ -n "${VIRTUAL_ENV:-}" ] || [ ! -x .venv/bin/python3 ] || PATH="$PWD/.venv/bin:$PATH"
 WORK=${1:-demo-train}
 MINUTES=${2:-60}
 python3 -m nemotron_parity.corpus "$WORK/corpus"

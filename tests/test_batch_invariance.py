@@ -1,5 +1,5 @@
-"""Batch invariance, bit for bit, on the torch CPU path: a stream's numbers do not depend on which streams share
-its steps.
+"""Batch invariance, bit for bit, on the CPU backend: a stream's numbers do not depend on which streams share its
+steps.
 
 The token-level check in test_parity.py can miss a break: tokens only change when a near tie flips, and the small
 parity models rarely have one. These tests compare the floats themselves. The attention is checked at Nemotron's
@@ -11,6 +11,7 @@ import torch
 
 import models
 from nemotron_engine.engine import Engine
+from nemotron_engine.cpu_ops import rel_attention_per_stream
 from nemotron_engine.reference.attention import rel_attention
 from tolerances import assert_close
 
@@ -31,10 +32,10 @@ def _attention_inputs(b: int, t: int, h: int, dh: int, cached: int, p_masked: fl
 def test_rel_attention_rows_do_not_depend_on_the_batch(b, t):
     torch.manual_seed(100 * b + t)
     q, k, v, pos, rel_lo, u, w, masked = _attention_inputs(b, t, h=8, dh=128, cached=70, p_masked=0.2)
-    batch = rel_attention(q, k, v, pos, rel_lo, u, w, masked)
+    batch = rel_attention_per_stream(q, k, v, pos, rel_lo, u, w, masked)
     for i in range(b):
         s = slice(i, i + 1)
-        alone = rel_attention(q[s], k[s], v[s], pos, rel_lo, u, w, masked[s])
+        alone = rel_attention_per_stream(q[s], k[s], v[s], pos, rel_lo, u, w, masked[s])
         assert torch.equal(batch[s], alone), f"stream {i} of {b} (T={t})"
 
 
@@ -72,11 +73,11 @@ def test_engine_encoder_outputs_do_not_depend_on_the_batch(lookahead_ms):
 
 @pytest.mark.parametrize("b,t", [(1, 1), (3, 7), (5, 14)])
 def test_rel_attention_batched_form_equals_per_stream(b, t):
-    """The form other devices run (one product over all streams and heads) computes the same attention."""
+    """The reference (one product over all streams and heads) computes the same attention as the CPU backend's."""
     torch.manual_seed(b + t)
     q, k, v, pos, rel_lo, u, w, masked = _attention_inputs(b, t, h=4, dh=32, cached=20, p_masked=0.3)
     masked[0, 0] = True  # a query that sees no key outputs zeros in both forms
-    one = rel_attention(q, k, v, pos, rel_lo, u, w, masked, per_stream=True)
-    many = rel_attention(q, k, v, pos, rel_lo, u, w, masked, per_stream=False)
+    one = rel_attention_per_stream(q, k, v, pos, rel_lo, u, w, masked)
+    many = rel_attention(q, k, v, pos, rel_lo, u, w, masked)
     assert_close("rel_attention batched", one, many)
     assert torch.equal(one[0, 0], torch.zeros(4 * 32)) and torch.equal(many[0, 0], torch.zeros(4 * 32))

@@ -1,12 +1,66 @@
 """The paged stream cache: the paged encoder step equals the dense one; slots and pages are reused cleanly."""
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 import models
 from nemotron_engine.cache import StreamCache, bytes_per_stream
+from nemotron_engine.config import DROP_EXTRA_PRE_ENCODED
+from nemotron_engine.encoder import encoder_step, frontend, layer_step
 from nemotron_engine.model import Model
+from nemotron_engine.ops import TORCH
+from nemotron_engine.reference.attention import attention_mask, rel_attention
+from nemotron_engine.reference.conv_module import glu_conv_norm
 from nemotron_engine.reference.decoder import initial_state
-from nemotron_engine.reference.encoder import EncoderState, encoder_step, encoder_step_paged
+
+
+@dataclass
+class EncoderState:
+    """Dense per-stream encoder caches: what the paged pool holds, one plain tensor per quantity."""
+
+    k: torch.Tensor  # [L, B, C, D] projected keys of the last C frames (oldest first)
+    v: torch.Tensor  # [L, B, C, D] projected values
+    conv: torch.Tensor  # [L, B, D, K-1] last K-1 GLU outputs
+    filled: torch.Tensor  # [B] int64, how many of the C cache rows hold real frames (NeMo cache_last_channel_len)
+
+    @staticmethod
+    def zeros(model, batch: int) -> "EncoderState":
+        c = model.cfg
+        L, C, D, K = c.n_layers, c.left_context, c.d_model, c.conv_kernel_size
+        return EncoderState(torch.zeros(L, batch, C, D), torch.zeros(L, batch, C, D), torch.zeros(L, batch, D, K - 1),
+                            torch.zeros(batch, dtype=torch.int64))
+
+    def select(self, idx: list[int]) -> "EncoderState":
+        return EncoderState(self.k[:, idx], self.v[:, idx], self.conv[:, idx], self.filled[idx])
+
+
+def dense_encoder_step(model, mel, mel_len, state: EncoderState, r: int, first: bool):
+    """The streaming step on dense caches, NeMo's cache update written out: the layer step of the engine
+    (encoder.layer_step) with the window [cache | chunk] concatenated and the last C rows kept."""
+    cfg = model.cfg
+    C = cfg.left_context
+    x, n = frontend(TORCH, model, mel, mel_len, 0 if first else DROP_EXTRA_PRE_ENCODED)
+    t = x.shape[1]
+    valid = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)  # [B, T]
+    masked = attention_mask(t, C, state.filled, valid, C, r)
+    ks, vs, convs = [], [], []
+    for i, w in enumerate(model.layers):
+        def attend(q, k, v, i=i, w=w):
+            k, v = torch.cat([state.k[i], k], dim=1), torch.cat([state.v[i], v], dim=1)  # [B, C + T, D]
+            ks.append(k[:, -C:])
+            vs.append(v[:, -C:])
+            return rel_attention(q, k, v, model.pos[i], model.rel_lo, w["att.pos_bias_u"], w["att.pos_bias_v"], masked)
+
+        def conv(a, i=i, w=w):
+            y, cache = glu_conv_norm(a, state.conv[i], ~valid, w["conv"], cfg.conv_norm_type, cfg.batch_norm_eps)
+            convs.append(cache)
+            return y
+
+        x = layer_step(TORCH, x, w, cfg.layer_norm_eps, attend, conv)
+    # NeMo: cache_last_channel_len = clamp(len + T, max=C), counting the chunk's padded length T
+    filled = (state.filled + t).clamp(max=C)
+    return x, n, EncoderState(torch.stack(ks), torch.stack(vs), torch.stack(convs), filled)
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +92,11 @@ def test_paged_step_equals_dense_step(model):
             t_in = cfg.first_chunk_mel(r) if is_first else 9 + cfg.chunk_mel(r)
             mel = torch.randn(len(group), t_in, cfg.n_mels) * 3 - 8
             n = torch.full((len(group),), t_in)
-            out_p, _ = encoder_step_paged(model, mel, n, cache, torch.tensor([slots[i] for i in group]), r, is_first)
+            out_p, _ = encoder_step(model, TORCH, mel, n, cache, torch.tensor([slots[i] for i in group]), r, is_first)
             # the dense reference on the same batch (matmul rounding depends on the batch shape)
             st = EncoderState(*(torch.cat([getattr(dense[i], f) for i in group], dim=1) for f in ("k", "v", "conv")),
                               torch.cat([dense[i].filled for i in group]))
-            out_d, _, st = encoder_step(model, mel, n, st, r, is_first)
+            out_d, _, st = dense_encoder_step(model, mel, n, st, r, is_first)
             for j, i in enumerate(group):
                 dense[i] = st.select([j])
                 assert torch.equal(out_p[j], out_d[j]), f"step {step} stream {i}"

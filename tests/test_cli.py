@@ -77,3 +77,14 @@ def test_transcribe_device_options(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["transcribe", "--model", str(out), "--device", "cuda", str(wav)]) == 2
     assert "device 'cuda': no CUDA device here" in capsys.readouterr().err
+
+
+def test_parity_and_bench_without_the_harness():
+    """Without the nemotron_parity harness, `parity` and `bench` say in one line how to install it, exit 2."""
+    hide = "import sys; sys.modules['nemotron_parity'] = None; from nemotron_engine.cli import main; sys.exit(main())"
+    for argv in (["parity", "--nemo", "x.nemo"], ["bench", "--size", "tiny"]):
+        r = subprocess.run([sys.executable, "-c", hide, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        err = [line for line in r.stderr.splitlines() if line.startswith("nemotron-engine: error:")]
+        assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"{argv[0]} needs the NeMo parity harness" in err[0] and "pip install -e ./parity" in err[0]

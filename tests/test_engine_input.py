@@ -109,3 +109,22 @@ def test_transcribe_many_equals_one_by_one(engine):
     assert set(engine.streams) == before
     assert [r.tokens for r in results] == [engine.transcribe(a, lookahead_ms=160).tokens for a in audio]
     assert all(r.final for r in results) and any(r.tokens for r in results)
+
+
+def test_transcribe_many_leaves_other_streams_to_their_owner():
+    """A second, independent stream open in the same engine is not stepped by transcribe_many: none of its updates
+    is lost, and its owner's drain() yields them all, the final one included, with its transcript unchanged."""
+    out = models.nemo_model("nemotron_like")[2]
+    corpus = [a for _, a in models.corpus()]
+    engine = Engine(out, max_streams=4)
+    want = engine.transcribe(corpus[0], lookahead_ms=80)
+    other = engine.open_stream(lookahead_ms=80)
+    other.push(corpus[0])
+    other.finish()
+    results = engine.transcribe_many(corpus[1:3], lookahead_ms=80)
+    assert all(r.final for r in results)
+    assert other.result().tokens == [] and not other.done  # not stepped by someone else's call
+    updates = list(engine.drain())
+    assert updates and all(u.stream is other for u in updates)
+    assert updates[-1].final and sum(u.final for u in updates) == 1
+    assert [t for u in updates for t in u.tokens] == want.tokens == other.result().tokens and want.tokens

@@ -19,7 +19,7 @@ SEED = 1234
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# session fixtures (kept local: tests/conftest.py belongs to the lead)
+# session-scoped fixtures, local to this file
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -202,7 +202,7 @@ def test_stream_shapes_and_timestamps(streams, utterance, lookahead):
 
 @pytest.mark.parametrize("lookahead", [13, 6, 1])
 def test_stream_matches_offline(model, streams, utterance, lookahead):
-    """For R in 13, 6, 1 NeMo streaming equals the offline encoder and greedy tokens (SPEC 1.3 / 3.8)."""
+    """For R in 13, 6, 1 NeMo streaming equals the offline encoder and greedy tokens (docs/streaming.md#2-chunking)."""
     s = streams[lookahead]
     off = H.nemo_offline(model, utterance, att_context_size=[70, lookahead], stream_length=True)
     n = len(s.encoded)

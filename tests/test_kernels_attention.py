@@ -22,8 +22,7 @@ import triton
 from nemotron_engine.cache import StreamCache
 from nemotron_engine.config import ModelConfig
 from nemotron_engine.kernels.attention import paged_attention
-from nemotron_engine.reference.attention import position_projection, rel_attention
-from nemotron_engine.reference.encoder import attention_mask
+from nemotron_engine.reference.attention import attention_mask, position_projection, rel_attention
 from tolerances import assert_close, rel_err
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"  # bench/ptxas_report.py

@@ -72,18 +72,9 @@ def poisoned():
         torch.use_deterministic_algorithms(was, warn_only=warn)
 
 
-@contextlib.contextmanager
-def tiles(kind: str):
-    """Run with the GPU's tiling ("cuda") or the interpreter's (one program per stream)."""
-    saved = dict(K._TILES["interpreter"])
-    K._TILES["interpreter"].update(K._TILES[kind])
-    try:
-        yield
-    finally:
-        K._TILES["interpreter"].update(saved)
-
-
-def run_case(b, t, d, k, norm_type, bias, dtype, strided=False, device="cpu", tiling="interpreter", eps=1e-5):
+def run_case(b, t, d, k, norm_type, bias, dtype, strided=False, device="cpu", tiling=None, eps=1e-5):
+    """tiling: "cuda" or "interpreter" runs that default tiling (passed as `tiles`; "cuda" runs the GPU's under the
+    interpreter too), None the launcher's own choice for the device."""
     torch.manual_seed(0)
     w = make_weights(d, k, dtype, norm_type, bias)
     s_total = 2 * b + 3
@@ -100,8 +91,9 @@ def run_case(b, t, d, k, norm_type, bias, dtype, strided=False, device="cpu", ti
     untouched = torch.ones(LAYERS, s_total, dtype=torch.bool, device=device)
     untouched[LAYER, slots] = False
 
-    with poisoned(), tiles(tiling):
-        out = K.conv_module(z, pool, LAYER, slots, pad, w, norm_type, eps)
+    tiles = None if tiling is None else dict(K.TILES[tiling])
+    with poisoned():
+        out = K.conv_module(z, pool, LAYER, slots, pad, w, norm_type, eps, tiles=tiles)
     assert out.dtype == dtype and out.shape == (b, t, d)
     assert torch.isnan(pool[untouched]).all(), "the kernel wrote outside the streams' slots"
     new_cache = pool[LAYER, slots]
@@ -159,6 +151,12 @@ def test_conv_module_rejects_bad_arguments():
         K.conv_module(z, torch.zeros(LAYERS, 2, 16, 8), LAYER, slots, pad, w, "group_norm", 1e-5)
     with pytest.raises(ValueError, match="expected \\[L, S, 16, 8\\]"):
         K.conv_module(z, torch.zeros(LAYERS, 2, 16, 4), LAYER, slots, pad, w, "layer_norm", 1e-5)
+    with pytest.raises(ValueError, match=r"unknown keys \['num_warps'\]; known: \['glu_rows', 'glu_d', 'norm_elems', "
+                                         r"'norm_warps'\]"):
+        K.conv_module(z, torch.zeros(LAYERS, 2, 16, 8), LAYER, slots, pad, w, "layer_norm", 1e-5,
+                      tiles={"num_warps": 8})
+    with pytest.raises(TypeError):
+        K.TILES["cuda"]["glu_rows"] = 4
 
 
 @pytest.mark.gpu

@@ -84,28 +84,17 @@ def poisoned():
         torch.use_deterministic_algorithms(was, warn_only=warn)
 
 
-@contextlib.contextmanager
-def tiles(kind: str):
-    """Run with the GPU's tiling and conv0 variant ("cuda") or the interpreter's (one program per stream)."""
-    interp = K._TILES["interpreter"]
-    saved = {dt: dict(cfg) for dt, cfg in interp.items()}
-    for dt, cfg in interp.items():
-        cfg.update(K._TILES[kind][dt])
-    try:
-        yield
-    finally:
-        for dt, cfg in interp.items():
-            cfg.update(saved[dt])
-
-
-def run_case(b, t, n_mels, c, d, dtype, bias, device="cpu", tiling="interpreter"):
+def run_case(b, t, n_mels, c, d, dtype, bias, device="cpu", tiling=None):
+    """tiling: "cuda" or "interpreter" runs that default tiling and conv0 variant (passed as `tiles`; "cuda" runs the
+    GPU's under the interpreter too), None the launcher's own choice for the device."""
     torch.manual_seed(0)
     w = make_weights(c, n_mels, d, dtype, bias)
     mel = torch.randn(b, t, n_mels).to(dtype)
     lengths = make_lengths(b, t)
     w, mel, lengths = {k: v.to(device) for k, v in w.items()}, mel.to(device), lengths.to(device)
-    with poisoned(), tiles(tiling):
-        x, n = K.subsample(mel, lengths, w)
+    tiles = None if tiling is None else dict(K.TILES[tiling][dtype])
+    with poisoned():
+        x, n = K.subsample(mel, lengths, w, tiles=tiles)
     x_hi, n_hi = reference_exact(mel, lengths, w)
     assert x.dtype == dtype and x.shape == x_hi.shape
     assert n.dtype == torch.int64 and torch.equal(n.cpu(), n_hi.cpu())
@@ -154,13 +143,23 @@ def test_subsample_rejects_wrong_mel_bins():
         K.subsample(torch.randn(1, 17, 20), torch.tensor([17]), w)
 
 
+def test_subsample_rejects_unknown_tiles():
+    """`tiles` overrides keys of the default table; another key is an error naming the known ones, and the default
+    table itself is read-only."""
+    w = make_weights(8, 16, 24, torch.float32)
+    with pytest.raises(ValueError, match=r"unknown keys \['BLOCK_P'\]; known: \['stage1', 'stage2', 'conv0_dot'\]"):
+        K.subsample(torch.randn(1, 17, 16), torch.tensor([17]), w, tiles={"BLOCK_P": 64})
+    with pytest.raises(TypeError):
+        K.TILES["cuda"][torch.float32]["stage1"] = (32, 32, 8)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("r, first", [(13, True), (13, False), (1, True), (1, False)],
                          ids=["R13-first", "R13-later", "R1-first", "R1-later"])
 @pytest.mark.parametrize("b", [1, 17, 256])
 def test_subsample_gpu(b, r, first, dtype):
-    run_case(b, mel_frames(r, first), 128, 256, 1024, dtype, True, device="cuda", tiling="interpreter")
+    run_case(b, mel_frames(r, first), 128, 256, 1024, dtype, True, device="cuda")
 
 
 SM90_COMPILE = r'''

@@ -1,14 +1,14 @@
-"""The CPU's prepacked linear path (nemotron_engine/reference/linear.py) against F.linear, and the engine on it."""
+"""The CPU backend's prepacked products (nemotron_engine/cpu_ops.py) against F.linear, and the engine on them."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import models
 from nemotron_engine import Engine
-from nemotron_engine.model import CONV_LINEARS, JOINT_LINEARS, LAYER_LINEARS, Model, decoder_linears
-from nemotron_engine.reference.linear import PACKED, linear, pack_linears, packing_available
+from nemotron_engine.cpu_ops import (CONV_LINEARS, JOINT_LINEARS, LAYER_LINEARS, PACKED, decoder_linears, linear,
+                                     pack_linears, pack_model, packing_available)
+from nemotron_engine.model import Model
 from tolerances import assert_close
-
 
 
 def test_packing_available():
@@ -52,7 +52,8 @@ def test_pack_skips_what_it_cannot_pack():
 def test_model_packs_on_cpu_fp32_only():
     out = models.nemo_model("odd_heads")[2]
     dense = Model.load(out)
-    packed = Model.load(out, cpu_packed=True)
+    packed = Model.load(out)
+    assert pack_model(packed) == packed.packed_bytes
     assert dense.packed_bytes == 0 and packed.packed_bytes > 0
     lw = packed.layers[0]
     assert "att.wq" not in lw and "att.wq" + PACKED in lw and "pw1.weight" + PACKED in lw["conv"]
@@ -65,17 +66,19 @@ def test_model_packs_on_cpu_fp32_only():
     products |= {f"decoder.{n}" for n in decoder_linears(dense.cfg)}
     assert products <= set(dense.w) and not products & set(packed.w), sorted(products & set(packed.w))
     assert packed.packed_bytes == sum(dense.w[k].numel() * 4 for k in products)
-    assert Model.load(out, dtype=torch.bfloat16, cpu_packed=True).packed_bytes == 0
+    bf16 = Model.load(out, dtype=torch.bfloat16)
+    assert pack_model(bf16) == 0 and bf16.packed_bytes == 0
 
 
 def test_engine_packed_equals_dense():
-    """The default CPU engine (prepacked) against cpu_packed=False: the same tokens and timestamps, every step's
-    encoder output within the fp32 tolerance (they differ by rounding only)."""
+    """The default CPU engine (backend "cpu": prepacked, channels-last subsampling, attention per stream) against
+    the plain reference ops (backend "torch"): the same tokens and timestamps, every step's encoder output within
+    the fp32 tolerance (they differ by rounding only)."""
     out = models.nemo_model("odd_heads")[2]
     audio = models.corpus()[1][1]
     results = {}
     for packed in (False, True):
-        engine = Engine(out, cpu_packed=packed, keep_encoder_outputs=True)
+        engine = Engine(out, backend="cpu" if packed else "torch", keep_encoder_outputs=True)
         assert (engine.model.packed_bytes > 0) == packed
         s = engine.open_stream(lookahead_ms=80)
         s.push(audio)

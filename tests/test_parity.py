@@ -17,7 +17,7 @@ import torch
 import models
 import nemotron_parity.nemo_harness as H
 from nemotron_engine.engine import Engine
-from nemotron_engine.reference.encoder import encoder_offline
+from nemotron_engine.encoder import encoder_offline
 from nemotron_engine.features import whole_file_features
 from tolerances import assert_close
 
@@ -87,7 +87,8 @@ def test_offline_parity(variant):
             nemo = H.nemo_offline(model, audio, [cfg.left_context, r])
             feats = whole_file_features(cfg, engine.model.frontend, torch.from_numpy(audio))
             assert_close(f"{vid} utt{u} features", nemo.features.T, feats)
-            enc, n = encoder_offline(engine.model, feats.unsqueeze(0), torch.tensor([nemo.feature_length]), r)
+            enc, n = encoder_offline(engine.model, engine.ops, feats.unsqueeze(0),
+                                     torch.tensor([nemo.feature_length]), r)
             assert_close(f"{vid} utt{u} R={r} offline encoder", nemo.encoded, enc[0, : int(n[0])])
 
 

@@ -1,5 +1,6 @@
-"""The CPU's channels-last subsampling (`subsample_nhwc`, what the engine runs in fp32 on the CPU) against the
-module-by-module form (`subsample_nchw`, NeMo's order of operations), on fresh random weights and inputs.
+"""The CPU backend's channels-last subsampling (`cpu_ops.conv_stages_nhwc`, what the engine runs in fp32 on the
+CPU, with the output product prepacked) against the reference (`reference.subsample`, module by module in NeMo's
+order of operations), on fresh random weights and inputs.
 
 fp32 within RTOL (they differ by the order of the sums only); masking with padded lengths; streams split into
 several blocks; a stream's output bit for bit the same alone and in a batch.
@@ -7,9 +8,16 @@ several blocks; a stream's output bit for bit the same alone and in a batch.
 import pytest
 import torch
 
+from nemotron_engine import cpu_ops
+from nemotron_engine.ops import CPU, TORCH
 from nemotron_engine.reference import subsample as S
-from nemotron_engine.reference.linear import pack_linears
 from tolerances import assert_close
+
+
+def subsample_nhwc(mel, lengths, w):
+    """The CPU backend's subsampling: channels-last conv stages, then the output product."""
+    y, n = cpu_ops.conv_stages_nhwc(mel, lengths, w)
+    return cpu_ops.linear(y, w, "out.weight", "out.bias"), n
 
 
 def weights(c: int, n_mels: int, d: int, bias: bool) -> dict:
@@ -41,8 +49,8 @@ def test_nhwc_equals_nchw(b, t, n_mels, c, padded, bias):
     if padded:  # stream 0 padded to half its frames, the others random
         lengths = torch.randint(0, t + 1, (b,))
         lengths[0] = t // 2
-    ref, n_ref = S.subsample_nchw(mel, lengths, w)
-    out, n = S.subsample_nhwc(mel, lengths, w)
+    ref, n_ref = S.subsample(mel, lengths, w)
+    out, n = subsample_nhwc(mel, lengths, w)
     assert torch.equal(n, n_ref)
     assert_close("subsample_nhwc", ref, out)
 
@@ -52,18 +60,20 @@ def test_batch_invariance():
     runs it: row-invariant, unlike MKL's F.linear)."""
     torch.manual_seed(7)
     w = weights(16, 40, 32, True)
-    assert pack_linears(w, ["out.weight"]) > 0
+    assert cpu_ops.pack_linears(w, ["out.weight"]) > 0
     for t in (25, 33):
         mel = torch.randn(9, t, 40)
-        batch, _ = S.subsample_nhwc(mel, None, w)
-        alone = torch.cat([S.subsample_nhwc(mel[i: i + 1], None, w)[0] for i in range(9)])
+        batch, _ = subsample_nhwc(mel, None, w)
+        alone = torch.cat([subsample_nhwc(mel[i: i + 1], None, w)[0] for i in range(9)])
         assert torch.equal(batch, alone)
 
 
 def test_dispatch():
-    """fp32 on the CPU runs the channels-last form; other dtypes the module-by-module form."""
+    """The CPU backend runs the channels-last form in fp32 and the reference in other dtypes; the torch backend
+    always runs the reference."""
     w = weights(8, 20, 16, True)
     mel = torch.randn(2, 9, 20)
-    assert torch.equal(S.subsample(mel, None, w)[0], S.subsample_nhwc(mel, None, w)[0])
+    assert torch.equal(CPU.conv_stages(mel, None, w)[0], cpu_ops.conv_stages_nhwc(mel, None, w)[0])
+    assert torch.equal(TORCH.conv_stages(mel, None, w)[0], S.conv_stages(mel, None, w)[0])
     w64 = {k: v.double() for k, v in w.items()}
-    assert torch.equal(S.subsample(mel.double(), None, w64)[0], S.subsample_nchw(mel.double(), None, w64)[0])
+    assert torch.equal(CPU.conv_stages(mel.double(), None, w64)[0], S.conv_stages(mel.double(), None, w64)[0])

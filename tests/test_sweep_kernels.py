@@ -35,9 +35,10 @@ def _sweep():
 SWEEP = _sweep()
 
 
-def _interpreter_tiles(table: dict, dtype, change: dict):
-    """The launcher reads table["interpreter"] on the CPU: give it the GPU's tiles with `change` applied."""
-    return SWEEP.tiles(table, dtype, change, target="interpreter")
+def _gpu_tiles(default, change: dict) -> dict:
+    """`tiles` for a launcher on the CPU: every key of the GPU's default table (`default`, e.g. TILES["cuda"]), with
+    `change` applied, so the GPU tiling runs under the interpreter."""
+    return {**default, **change}
 
 
 def test_sweep_without_gpu_exits_cleanly(capsys, monkeypatch):
@@ -63,23 +64,21 @@ def _subsample_case():
     w = ts.make_weights(40, 16, 24, torch.float32)
     mel = torch.randn(2, ts.mel_frames(1, False), 16)
     lengths = ts.make_lengths(2, mel.shape[1])
-    with _interpreter_tiles(sub_k._TILES, torch.float32, {}):
-        want, _ = sub_k.conv_stages(mel, lengths, w)
+    want, _ = sub_k.conv_stages(mel, lengths, w, tiles=_gpu_tiles(sub_k.TILES["cuda"][torch.float32], {}))
     return mel, lengths, w, want
 
 
 @pytest.mark.parametrize("change", SWEEP.SUBSAMPLE[1:], ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_subsample_variant(change):
-    assert set(change) <= set(sub_k._TILES["cuda"][torch.float32])
+    assert set(change) <= set(sub_k.TILES["cuda"][torch.float32])
     mel, lengths, w, want = _subsample_case()
-    with _interpreter_tiles(sub_k._TILES, torch.float32, change):
-        got, _ = sub_k.conv_stages(mel, lengths, w)
+    got, _ = sub_k.conv_stages(mel, lengths, w, tiles=_gpu_tiles(sub_k.TILES["cuda"][torch.float32], change))
     assert rel_err(want, got) <= RTOL[torch.float32]
 
 
 @pytest.mark.parametrize("change", SWEEP.CONV, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()) or "default")
 def test_conv_variant(change):
-    assert set(change) <= set(conv_k._TILES["cuda"])
+    assert set(change) <= set(conv_k.TILES["cuda"])
     torch.manual_seed(0)
     b, t, d, k = 3, 14, 64, 9
     w = {"dw.weight": torch.randn(d, k) / 3, "norm.weight": 1 + 0.1 * torch.randn(d), "norm.bias": 0.1 * torch.randn(d)}
@@ -91,8 +90,8 @@ def test_conv_variant(change):
     out = []
     for c in ({}, change):
         pool = pool0.clone()
-        with _interpreter_tiles(conv_k._TILES, torch.float32, c):
-            out.append((conv_k.glu_conv_norm(a, pool, 1, slots, pad, w, "layer_norm", 1e-5), pool))
+        tiles = _gpu_tiles(conv_k.TILES["cuda"], c)
+        out.append((conv_k.glu_conv_norm(a, pool, 1, slots, pad, w, "layer_norm", 1e-5, tiles=tiles), pool))
     (want, want_pool), (got, got_pool) = out
     assert rel_err(want, got) <= RTOL[torch.float32]
     assert torch.equal(want_pool, got_pool)

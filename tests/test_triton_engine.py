@@ -2,14 +2,20 @@
 TRITON_INTERPRET=1 without a GPU), on a CUDA device compiled. Token-exact parity with NeMo's own cache-aware
 streaming, and every step's encoder output within 1e-5 of NeMo's, on random models of two variants (LayerNorm conv
 without biases; BatchNorm conv with biases, xscaling and tied position biases)."""
+import inspect
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import models
 import nemotron_parity.nemo_harness as H
+from nemotron_engine import _ext
+from nemotron_engine.decode_cuda import greedy_decode_pool
 from nemotron_engine.engine import Engine
+from nemotron_engine.ops import get_ops, triton_ops
 from tolerances import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,16 +54,34 @@ def test_triton_path_matches_nemo(variant):
 
 def test_backend_is_checked():
     _, _, out = models.nemo_model("nemotron_like", 1234)
-    with pytest.raises(ValueError, match="backend must be 'torch' or 'triton', got 'cudnn'"):
+    with pytest.raises(ValueError, match="backend must be one of 'torch', 'cpu', 'triton', got 'cudnn'"):
         Engine(out, backend="cudnn")
     with pytest.raises(ValueError, match="decoder_kernel must be 'blocked' or 'grid', got 'warp'"):
-        Engine(out, decoder_kernel="warp")
+        triton_ops(torch.device("cpu"), decoder_kernel="warp")
+    with pytest.raises(ValueError, match="backend='cpu' runs on the CPU, not on cuda"):
+        get_ops("cpu", torch.device("cuda"))
+    assert "decoder_kernel" not in inspect.signature(Engine).parameters  # the grid kernel: benchmarks only
+
+
+def test_triton_on_cuda_needs_the_extension():
+    """No silent fallback to the reference decoder (a host sync per token): without the extension, an error that
+    says why it is missing and how to build it."""
+    if _ext.load_extension() is None:
+        with pytest.raises(ValueError, match="needs the CUDA extension") as e:
+            triton_ops(torch.device("cuda"))
+        assert _ext.extension_error() in str(e.value) and "pip install -e ." in str(e.value)
+    else:
+        assert triton_ops(torch.device("cuda")).decode.func is greedy_decode_pool
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only refusal")
-def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+def test_triton_on_cpu_needs_the_interpreter():
+    """Kernels imported without TRITON_INTERPRET=1 are compiled kernels, which need a CUDA device: a clear error."""
     _, _, out = models.nemo_model("nemotron_like", 1234)
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        Engine(out, backend="triton")
-    assert Engine(out).backend == "torch"  # the CPU default
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import sys; from nemotron_engine import Engine\n"
+            "try:\n    Engine(sys.argv[1], backend='triton')\nexcept ValueError as e:\n    print(e); sys.exit(3)")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "TRITON_INTERPRET=1" in r.stdout
+    assert Engine(out).backend == "cpu"  # the CPU default

@@ -3,7 +3,8 @@ tokenizer.model}.
 
 A `.nemo` file is a tar archive (uncompressed, or gzip) holding `model_config.yaml` (the OmegaConf model config,
 saved resolved), `model_weights.ckpt` (torch.save of the state_dict) and tokenizer artifacts named
-`<uuid>_<name>` that the config refers to as `nemo:<uuid>_<name>` (NeMo SaveRestoreConnector, SPEC.md §6).
+`<uuid>_<name>` that the config refers to as `nemo:<uuid>_<name>` (NeMo SaveRestoreConnector;
+docs/streaming.md#10-checkpoint-format).
 
 Only models the engine runs exactly are accepted: cache-aware FastConformer (rel_pos attention, chunked_limited
 context, dw_striding x8 causal subsampling, causal conv) with an RNN-T decoder (the RNN-T branch of a hybrid

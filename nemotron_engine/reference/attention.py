@@ -1,4 +1,4 @@
-"""Relative-position multi-head self-attention (NeMo RelPositionMultiHeadAttention, SPEC.md §3.6).
+"""Relative-position multi-head self-attention (NeMo RelPositionMultiHeadAttention) and its streaming mask.
 
 Queries are the chunk's frames; keys and values are [cached frames | chunk frames] (streaming) or the whole
 utterance (offline). Keys and values enter already projected: the streaming cache stores K and V, never the
@@ -46,6 +46,53 @@ def position_projection(w_pos: torch.Tensor, rel_lo: int, rel_hi: int, n_heads: 
     return p.view(rel.numel(), n_heads, -1).transpose(0, 1).contiguous()  # [H, R, dh]
 
 
+def attention_mask(t: int, cached: int, filled: torch.Tensor, valid: torch.Tensor, left: int, r: int) -> torch.Tensor:
+    """NeMo's chunked_limited attention mask (`_create_masks`), sliced to the query rows -> masked [B, T, cached + T].
+
+    Positions p = 0 .. cached + T - 1 (cache first). allowed(i, j) = 0 <= c(i) - c(j) <= left // (R+1) with
+    c(p) = p // (R+1) (chunk index, not a sliding window); a key is valid when its cache row is filled
+    (p >= cached - filled) and it is not padding; padded queries see nothing.
+
+    t: query frames; cached: cache rows in front of the chunk; filled [B]: how many of them hold real frames;
+    valid [B, T]: the chunk's real (not padded) frames; left: the left context C; r: the lookahead R.
+    """
+    n = cached + t
+    chunk = torch.arange(n, device=valid.device) // (r + 1)
+    diff = chunk[cached:].unsqueeze(1) - chunk.unsqueeze(0)  # [T, N]
+    allowed = (diff >= 0) & (diff <= left // (r + 1))
+    p = torch.arange(n, device=valid.device)
+    key_ok = (p.unsqueeze(0) >= (cached - filled).unsqueeze(1))  # [B, N]
+    key_ok[:, cached:] &= valid
+    ok = allowed.unsqueeze(0) & key_ok.unsqueeze(1) & valid.unsqueeze(2)  # [B, T, N]
+    return ~ok
+
+
+def position_scores(qv: torch.Tensor, pos: torch.Tensor, rel_lo: int, n: int) -> torch.Tensor:
+    """The position term bd[b, h, i, j] = qv[b, h, i] . P[h, r(i, j)], r(i, j) = (n - t + i) - j -> [B, H, T, N].
+
+    qv [B, H, T, dh] (queries plus pos_bias_v); pos [H, R, dh] covers relative positions rel_lo .. rel_lo + R - 1.
+    """
+    b, h, t, _ = qv.shape
+    lo, hi = 1 - t, n - 1  # the relative positions the chunk uses
+    table = pos[:, lo - rel_lo: hi - rel_lo + 1].transpose(1, 2)  # [H, dh, n + t - 1]
+    rows = torch.matmul(qv, table)  # [B, H, T, n + t - 1]
+    return gather_positions(rows, n)
+
+
+def gather_positions(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """rows [B, H, T, n + T - 1] over relative positions 1 - T .. n - 1 -> bd [B, H, T, N] at r(i, j)."""
+    b, h, t, _ = rows.shape
+    i = torch.arange(t, device=rows.device).unsqueeze(1)
+    j = torch.arange(n, device=rows.device).unsqueeze(0)
+    return torch.gather(rows, -1, ((n - t + i) - j - (1 - t)).expand(b, h, t, n))
+
+
+def masked_softmax(scores: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """NeMo's masking: scores [B, H, T, N] filled with -10000 where masked [B, T, N], softmax, then re-zeroed."""
+    masked = masked.unsqueeze(1)  # [B, 1, T, N]
+    return torch.softmax(scores.masked_fill(masked, MASK_VALUE), dim=-1).masked_fill(masked, 0.0)
+
+
 def rel_attention(
     q: torch.Tensor,  # [B, T, D] projected queries of the chunk
     k: torch.Tensor,  # [B, N, D] projected keys, N = cached + T (the chunk's rows are the last T)
@@ -55,51 +102,18 @@ def rel_attention(
     pos_bias_u: torch.Tensor,  # [H, dh]
     pos_bias_v: torch.Tensor,  # [H, dh]
     masked: torch.Tensor,  # [B, T, N] True where the key is not visible to the query
-    per_stream: bool | None = None,  # one product per stream; default: on the CPU
 ) -> torch.Tensor:
-    """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D].
-
-    On the CPU (per_stream) each stream gets its own products, batched over the H heads and read straight from the
-    keys' and values' interleaved rows ([B, N, H, dh] as stored, no transposed copies), so a stream's numbers are
-    the same bit for bit whatever streams share the call: MKL rounds a batched product differently with the batch
-    size (measured: torch.bmm over B streams differs from the same stream alone at T = 7), and a flipped near tie
-    changes the tokens (the bench caught one). Elsewhere the products are batched over streams and heads in one
-    call (torch.matmul may copy the permuted keys and values into its own layout).
-    """
+    """Scores (content + position) / sqrt(dh), -10000 masking, softmax, re-zeroing -> heads merged [B, T, D]."""
     b, t, d = q.shape
     n = k.shape[1]
     h, _, dh = pos.shape
     q = q.view(b, t, h, dh)
-    k = k.view(b, n, h, dh).permute(0, 2, 3, 1)  # [B, H, dh, N] (a view)
-    v = v.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh] (a view)
+    k = k.view(b, n, h, dh).permute(0, 2, 3, 1)  # [B, H, dh, N]
+    v = v.view(b, n, h, dh).transpose(1, 2)  # [B, H, N, dh]
     qu = (q + pos_bias_u).transpose(1, 2)  # [B, H, T, dh]
     qv = (q + pos_bias_v).transpose(1, 2)
-    # relative position of query i (absolute n - t + i) to key j: rel = n - t + i - j, from 1 - t to n - 1
-    lo, hi = 1 - t, n - 1
-    table = pos[:, lo - rel_lo : hi - rel_lo + 1].transpose(1, 2)  # [H, dh, n + t - 1] (a view)
-    if per_stream is None:
-        per_stream = q.device.type == "cpu"
-    if per_stream:
-        ac = q.new_empty(b, h, t, n)
-        bd_rows = q.new_empty(b, h, t, table.shape[2])  # [B, H, T, n + t - 1]
-        for s in range(b):
-            torch.bmm(qu[s], k[s], out=ac[s])
-            torch.bmm(qv[s], table, out=bd_rows[s])
-    else:
-        ac = torch.matmul(qu, k)  # [B, H, T, N]
-        bd_rows = torch.matmul(qv, table)
-    i = torch.arange(t, device=q.device).unsqueeze(1)
-    j = torch.arange(n, device=q.device).unsqueeze(0)
-    bd = torch.gather(bd_rows, -1, ((n - t + i) - j - lo).expand(b, h, t, n))  # [B, H, T, N]
-    scores = (ac + bd) / math.sqrt(dh)
-    masked = masked.unsqueeze(1)  # [B, 1, T, N]
-    attn = torch.softmax(scores.masked_fill(masked, MASK_VALUE), dim=-1).masked_fill(masked, 0.0)
-    if per_stream:
-        # each stream's heads into a contiguous [H, T, dh] block, merged into [B, T, D] by one copy at the end
-        # (not bmm into a strided out= view of [B, T, H, dh], which torch does not write in place)
-        out = q.new_empty(b, h, t, dh)
-        for s in range(b):
-            torch.bmm(attn[s], v[s], out=out[s])
-    else:
-        out = torch.matmul(attn, v)  # [B, H, T, dh]
+    ac = torch.matmul(qu, k)  # [B, H, T, N]
+    bd = position_scores(qv, pos, rel_lo, n)  # [B, H, T, N]
+    attn = masked_softmax((ac + bd) / math.sqrt(dh), masked)
+    out = torch.matmul(attn, v)  # [B, H, T, dh]
     return out.transpose(1, 2).reshape(b, t, d)

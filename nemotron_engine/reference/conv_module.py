@@ -1,4 +1,4 @@
-"""The Conformer convolution module, causal (NeMo ConformerConvolution with conv_context_size causal, SPEC §3.7).
+"""The Conformer convolution module, causal (NeMo ConformerConvolution with conv_context_size "causal").
 
 z [B, T, D] -> pointwise conv D -> 2D, GLU -> zero padded frames -> causal depthwise conv (kernel K) over
 [K-1 cached frames | chunk] -> LayerNorm over channels or BatchNorm (eval statistics) -> SiLU -> pointwise conv
@@ -36,7 +36,19 @@ def conv_module(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out [B, T, D], new cache [B, D, K-1])."""
-    a = linear(z, w, "pw1.weight", "pw1.bias")  # [B, T, 2D]
+    y, new_cache = glu_conv_norm(linear(z, w, "pw1.weight", "pw1.bias"), cache, pad, w, norm_type, eps)
+    return linear(y, w, "pw2.weight", "pw2.bias"), new_cache
+
+
+def glu_conv_norm(
+    a: torch.Tensor,  # [B, T, 2D] output of the first pointwise conv
+    cache: torch.Tensor,  # [B, D, K-1]
+    pad: torch.Tensor,  # [B, T]
+    w: dict,
+    norm_type: str,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Everything between the two pointwise convs: SiLU(norm(depthwise(GLU(a)))) -> (y [B, T, D], new cache)."""
     g = F.glu(a, dim=-1).masked_fill(pad.unsqueeze(-1), 0.0)  # [B, T, D]
     g = torch.cat([cache, g.transpose(1, 2)], dim=2)  # [B, D, K-1 + T]
     k = w["dw.weight"].shape[-1]
@@ -44,5 +56,4 @@ def conv_module(
     d = g.shape[1]
     y = F.conv1d(g, w["dw.weight"].unsqueeze(1), w.get("dw.bias"), groups=d)  # [B, D, T]
     y = conv_norm(y.transpose(1, 2), w, norm_type, eps)  # [B, T, D]
-    y = F.silu(y)
-    return linear(y, w, "pw2.weight", "pw2.bias"), new_cache
+    return F.silu(y), new_cache

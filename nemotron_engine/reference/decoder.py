@@ -1,4 +1,5 @@
-"""The RNN-T prediction network, joint and label-looping greedy decoding (SPEC.md §4).
+"""The RNN-T prediction network, joint and label-looping greedy decoding
+(docs/streaming.md#8-greedy-rnn-t-decoding).
 
 Decoder state per stream: LSTM (h, c) per layer, the last emitted label, and the *projected* decoder output
 joint.pred(h_top) for that label. A fresh stream starts from one LSTM step on the blank (SOS) label from zero
@@ -31,6 +32,7 @@ def lstm_step(
     h: torch.Tensor,  # [layers, B, H]
     c: torch.Tensor,  # [layers, B, H]
     w: dict,  # engine keys under "decoder."
+    linear=linear,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of the stacked LSTM (PyTorch gate order i, f, g, o) -> (h', c')."""
     hs, cs = [], []
@@ -46,22 +48,22 @@ def lstm_step(
     return torch.stack(hs), torch.stack(cs)
 
 
-def predict(labels: torch.Tensor, h: torch.Tensor, c: torch.Tensor, dec: dict, joint: dict):
+def predict(labels: torch.Tensor, h: torch.Tensor, c: torch.Tensor, dec: dict, joint: dict, linear=linear):
     """Embed labels [B], one LSTM step, project for the joint -> (pred [B, J], h', c')."""
-    h, c = lstm_step(F.embedding(labels, dec["embed"]), h, c, dec)
+    h, c = lstm_step(F.embedding(labels, dec["embed"]), h, c, dec, linear)
     return linear(h[-1], joint, "pred.weight", "pred.bias"), h, c
 
 
-def initial_state(model, batch: int) -> DecoderState:
+def initial_state(model, batch: int, linear=linear) -> DecoderState:
     """The state after SOS: one LSTM step on the blank label from zeros."""
     cfg = model.cfg
     z = torch.zeros(cfg.pred_rnn_layers, batch, cfg.pred_hidden, dtype=model.dtype, device=model.device)
     blank = torch.full((batch,), cfg.blank_id, dtype=torch.int64, device=model.device)
-    pred, h, c = predict(blank, z, z, model.dec, model.joint)
+    pred, h, c = predict(blank, z, z, model.dec, model.joint, linear)
     return DecoderState(h, c, blank.clone(), pred)
 
 
-def joint_logits(f: torch.Tensor, pred: torch.Tensor, joint: dict) -> torch.Tensor:
+def joint_logits(f: torch.Tensor, pred: torch.Tensor, joint: dict, linear=linear) -> torch.Tensor:
     """joint_net(relu(enc_proj + pred_proj)): f [B, J], pred [B, J] -> logits [B, V + 1]."""
     return linear(torch.relu(f + pred), joint, "out.weight", "out.bias")
 
@@ -72,13 +74,14 @@ def greedy_decode(
     lengths: torch.Tensor,  # [B] valid frames
     state: DecoderState,
     frame_offset: torch.Tensor,  # [B] global index of enc[:, 0]
+    linear=linear,
 ) -> tuple[list[list[int]], list[list[int]], DecoderState]:
     """Greedy RNN-T over the step's frames -> (tokens per stream, global frame per token, new state).
 
     Frame-synchronous form of NeMo's label-looping greedy: at each frame, argmax of the joint; a blank moves to
     the next frame; a label is emitted (with the frame as its timestamp) and advances the prediction network; after
     max_symbols labels on one frame the frame is left without evaluating a blank. Ties go to the first index
-    (torch.max).
+    (torch.max). `linear` computes the products (a backend's own, e.g. the CPU's prepacked ones).
     """
     cfg = model.cfg
     b, t, _ = enc.shape
@@ -91,11 +94,11 @@ def greedy_decode(
         for _ in range(cfg.max_symbols):
             if not bool(active.any()):
                 break
-            k = joint_logits(f[:, ti], pred, model.joint).argmax(dim=-1)  # [B]
+            k = joint_logits(f[:, ti], pred, model.joint, linear).argmax(dim=-1)  # [B]
             emit = active & (k != cfg.blank_id)
             if not bool(emit.any()):
                 break
-            new_pred, h2, c2 = predict(k.masked_fill(~emit, cfg.blank_id), h, c, model.dec, model.joint)
+            new_pred, h2, c2 = predict(k.masked_fill(~emit, cfg.blank_id), h, c, model.dec, model.joint, linear)
             sel = emit.nonzero().flatten().tolist()
             for bi in sel:
                 tokens[bi].append(int(k[bi]))

@@ -623,10 +623,10 @@ __global__ void __launch_bounds__(kRnntMaxThreads, 1) rnnt_greedy_kernel(const R
 //
 // Why: the kernel above gives each stream (or G streams) one block, so one SM reads every weight of the prediction
 // network and joint (~30 MB fp32 for Nemotron) per emitted label; with few streams the rest of the GPU idles and a
-// label costs about 0.5 ms (H100, stop 8). Here the rows of every matrix-vector product are spread over the warps of
-// the whole grid, which decodes up to G streams at a time in lock step; the phases that need a whole vector (the
-// argmax over the classes, the LSTM input and state, pred) are separated by grid-wide barriers, so the kernel must be
-// launched cooperatively (all blocks resident).
+// label costs about 0.5 ms (measured on an H100). Here the rows of every matrix-vector product are spread over the
+// warps of the whole grid, which decodes up to G streams at a time in lock step; the phases that need a whole vector
+// (the argmax over the classes, the LSTM input and state, pred) are separated by grid-wide barriers, so the kernel
+// must be launched cooperatively (all blocks resident).
 //
 // Numerics: every dot product is the same warp_dots + warp_allreduce over the same lanes as in rnnt_greedy_kernel, and
 // every rounding is the same, so both kernels give bit-identical results (tests/test_decoder_cuda.py checks it).

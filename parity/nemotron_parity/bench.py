@@ -673,11 +673,11 @@ class Bench:
     """One benchmark session: the engine (and NeMo) loaded once, audio cached, records collected."""
 
     def __init__(self, engine_dir: Path, nemo_model=None, cache_dir: Path | None = None, audio_s: float = 5.0,
-                 dtype: torch.dtype = torch.float32, cpu_packed: bool | None = None, max_streams: int = 64):
+                 dtype: torch.dtype = torch.float32, backend: str | None = None, max_streams: int = 64):
         from nemotron_engine.engine import Engine
 
         # the pool holds the sweep's largest N (a 128-stream sweep used to fail at N = 128 on the default 64)
-        self.engine = Engine(engine_dir, dtype=dtype, cpu_packed=cpu_packed, max_streams=max_streams)
+        self.engine = Engine(engine_dir, dtype=dtype, backend=backend, max_streams=max_streams)
         self.cfg = self.engine.cfg
         self.nemo = nemo_model
         self.cache_dir = Path(cache_dir or default_cache_dir())
@@ -931,8 +931,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gate-model", type=Path, default=None,
                    help="a trained engine directory (weights/demo) on which bf16 is compared with fp32")
     r.add_argument("--no-nemo", action="store_true", help="benchmark the engine alone")
-    r.add_argument("--no-cpu-packed", action="store_true",
-                   help="engine on plain F.linear instead of prepacked oneDNN weights (the CPU default)")
+    r.add_argument("--backend", choices=["cpu", "torch"], default=None,
+                   help="the engine's op table: cpu (the CPU default: prepacked oneDNN products, channels-last "
+                        "subsampling, attention per stream) or torch (the plain reference ops)")
     r.add_argument("--no-early-stop", action="store_true",
                    help="measure every N (default: a provider's sweep stops after the first N with RTF > 1)")
     r.add_argument("--max-run-s", type=float, default=120.0,
@@ -983,8 +984,9 @@ def run(args) -> dict:
         gate = accuracy_gate(Path(args.gate_model), dtype)
         _log(f"accuracy gate ({args.dtype} vs fp32 on {args.gate_model}): {json.dumps(gate)}")
     bench = Bench(prep.engine_dir, nemo_model, cache_dir, args.audio_s, dtype=dtype,
-                  cpu_packed=False if args.no_cpu_packed else None, max_streams=max(args.streams))
-    _log(f"engine linear products: {'prepacked oneDNN' if bench.engine.model.packed_bytes else 'F.linear'}")
+                  backend=args.backend, max_streams=max(args.streams))
+    _log(f"engine backend: {bench.engine.backend} (linear products: "
+         f"{'prepacked oneDNN' if bench.engine.model.packed_bytes else 'F.linear'})")
     cfg = bench.cfg
     for la in args.lookahead_ms:
         cfg.lookahead_from_ms(la)  # a clear error for a lookahead the model does not have
@@ -1027,6 +1029,7 @@ def run(args) -> dict:
                       "report": nemo_cache_bytes_per_stream(nemo_model)} if nemo_model is not None else None),
         },
         "dtype": args.dtype,
+        "backend": bench.engine.backend,
         "cpu_packed": bench.engine.model.packed_bytes > 0,
         "accuracy_gate": gate,
         "summary": summary,

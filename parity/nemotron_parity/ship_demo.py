@@ -82,19 +82,21 @@ context 70 and lookaheads {[(r + 1) * cfg.frame_ms for r in cfg.lookaheads]} ms,
 at a toy size: {v['n_layers']} layers x {v['d_model']}, {v['n_heads']} heads, subsampling channels
 {v['subsampling_conv_channels']}, one LSTM layer of {v['pred_hidden']}, joint {v['joint_hidden']}, SentencePiece BPE
 vocabulary {cfg.vocab_size}; a CTC head (kept in the checkpoint as `ctc.*`, unused by the engine). Trained from
-scratch with NeMo 3.0 on a CPU by the recipe `scripts/train_demo.sh` (parity/train_demo.py). Stored in the engine's
-format (config.json, model.safetensors, tokenizer.model); `nemotron_parity.nemo_harness.nemo_from_engine` rebuilds
-the NeMo model from it for the parity tests.
+scratch with NeMo 3.0 on a CPU by the recipe `scripts/train_demo.sh` (parity/nemotron_parity/train_demo.py).
+Stored in the engine's format (config.json, model.safetensors, tokenizer.model);
+`nemotron_parity.nemo_harness.nemo_from_engine` rebuilds the NeMo model from it for the parity tests.
 
-**Data.** Synthetic only: espeak-ng sentences from a {corpus['vocabulary_words']}-word grammar (parity/corpus.py,
-seed {corpus['seed']}), lower case, no punctuation. Training: {sp['train']['utterances']} utterances
+**Data.** Synthetic only: espeak-ng sentences from a {corpus['vocabulary_words']}-word grammar
+(parity/nemotron_parity/corpus.py, seed {corpus['seed']}), lower case, no punctuation.
+Training: {sp['train']['utterances']} utterances
 ({sp['train']['hours']} h) in {sp['train']['voices']} voices ({len(corpus['accents'])} English accents x
 {len(corpus['seen_variants'])} voice variants), speed {corpus['speed_wpm'][0]}-{corpus['speed_wpm'][1]} wpm, pitch
 {corpus['pitch'][0]}-{corpus['pitch'][1]}. Test: {sp['test_seen']['utterances']} sentences never seen in training,
 spoken by seen voices, and the same sentences by {len(corpus['unseen_variants'])} voice variants never used in
 training (unseen voices).
 
-**Training.** Hybrid loss 0.5 RNN-T (vectorised, parity/rnnt_loss.py, checked against NeMo's) + 0.5 CTC, AdamW
+**Training.** Hybrid loss 0.5 RNN-T (vectorised, parity/nemotron_parity/rnnt_loss.py, checked against NeMo's) + 0.5
+CTC, AdamW
 (betas {tr['settings']['betas']}, weight decay {tr['settings']['weight_decay']}), batch {tr['settings']['batch']},
 linear warm-up then cosine decay over the phase's time, gradient clip {tr['settings']['clip']}, SpecAugment
 ({tr['settings']['freq_masks']} x {tr['settings']['freq_width']} mel bins, {tr['settings']['time_masks']} x
