@@ -6,9 +6,11 @@
   holds `pages_per_stream` pages, enough for its C cached frames plus one chunk being written, so a kernel may
   write the chunk's rows while reading the window.
 - Fixed slots per stream: the conv cache `conv[L, S, D, K-1]`, the decoder state (LSTM `h`, `c`
-  `[layers, S, H]`, last label `[S]`, projected decoder output `pred[S, J]`) and the frame counter `frames[S]`.
-Opening a stream takes a slot and pages from free lists and clears them; closing returns them. Neither allocates
-nor moves another stream's data.
+  `[layers, S, H]`, last label `[S]`, projected decoder output `pred[S, J]`), the frame position of the next chunk
+  `frames[S]` (padded frames included), the last 9 mel frames `mel[S, 9, n_mels]` (the next chunk's pre-encode
+  cache) and, on the host, the stream's raw audio in a ring `pcm[S, ring]` (sample i of the stream at i % ring).
+Opening a stream takes a slot and pages from free lists and clears them; `reset` clears them again for a new
+utterance; closing returns them. None of these allocates or moves another stream's data.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from .config import PRE_ENCODE_CACHE
 
 PAGE_SIZE = 16
 
@@ -37,19 +41,22 @@ def pages_per_stream(cfg, page_size: int = PAGE_SIZE) -> int:
     return math.ceil((cfg.left_context + max(cfg.lookaheads) + 1) / page_size)
 
 
-def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE) -> int:
+def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE, pcm_ring: int = 0) -> int:
+    """Pool bytes per stream (device and host together)."""
     e = torch.empty(0, dtype=dtype).element_size()
     kv = 2 * cfg.n_layers * pages_per_stream(cfg, page_size) * page_size * cfg.d_model * e
     conv = cfg.n_layers * cfg.d_model * (cfg.conv_kernel_size - 1) * e
     dec = (2 * cfg.pred_rnn_layers * cfg.pred_hidden + cfg.joint_hidden) * e + 8 + 8  # h, c, pred, label, frames
     page_table = pages_per_stream(cfg, page_size) * 8
-    return kv + conv + dec + page_table
+    mel = PRE_ENCODE_CACHE * cfg.n_mels * 4
+    return kv + conv + dec + page_table + mel + pcm_ring * 4
 
 
 class StreamCache:
     """Preallocated state for up to `max_streams` streams (see the module docstring)."""
 
-    def __init__(self, cfg, max_streams: int, dtype: torch.dtype, device="cpu", page_size: int = PAGE_SIZE):
+    def __init__(self, cfg, max_streams: int, dtype: torch.dtype, device="cpu", page_size: int = PAGE_SIZE,
+                 pcm_ring: int = 0):
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
         self.cfg = cfg
@@ -66,7 +73,12 @@ class StreamCache:
         self.c = torch.zeros(cfg.pred_rnn_layers, max_streams, cfg.pred_hidden, **kw)
         self.pred = torch.zeros(max_streams, cfg.joint_hidden, **kw)  # [S, J]
         self.label = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S]
-        self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] encoder frames so far
+        self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] next chunk's frame position
+        self.mel = torch.zeros(max_streams, PRE_ENCODE_CACHE, cfg.n_mels, device=device)  # [S, 9, n_mels] float32
+        # [S, ring] float32 raw audio on the host (pinned, for one asynchronous copy per step, when a GPU is there)
+        pin = torch.device(device).type == "cuda"
+        self.pcm = torch.zeros(max_streams, pcm_ring, pin_memory=pin)
+        self.pcm_ring = pcm_ring
         self.table = torch.zeros(max_streams, self.pages_per_stream, dtype=torch.int64, device=device)
         self._window = self.k.new_empty(2, 0, D)  # gather_window's workspace
         self._free_slots = list(range(max_streams - 1, -1, -1))
@@ -78,7 +90,7 @@ class StreamCache:
         return len(self._free_slots)
 
     def open(self, dec_after_sos) -> int:
-        """Take a slot and its pages, clear them, set the decoder state after SOS; returns the slot."""
+        """Take a slot and its pages, clear them (`reset`); returns the slot."""
         if not self._free_slots:
             raise RuntimeError(
                 f"no free stream slot: all {self.max_streams} are in use (max_streams={self.max_streams}); "
@@ -86,6 +98,12 @@ class StreamCache:
         s = self._free_slots.pop()
         pages = [self._free_pages.pop() for _ in range(self.pages_per_stream)]
         self.table[s] = torch.tensor(pages, dtype=torch.int64, device=self.table.device)
+        self.reset(s, dec_after_sos)
+        return s
+
+    def reset(self, s: int, dec_after_sos) -> None:
+        """Clear slot s for a fresh utterance: pages, conv cache, mel cache and frame position zero, decoder state after
+        SOS. Its audio ring is left as it is (it holds the samples of the next utterance)."""
         p = self.table[s]
         # stale rows of a previous owner are masked, but must not be NaN/Inf (0 x NaN = NaN in attn @ V)
         self.k[:, p] = 0
@@ -96,7 +114,7 @@ class StreamCache:
         self.pred[s] = dec_after_sos.pred[0]
         self.label[s] = dec_after_sos.label[0]
         self.frames[s] = 0
-        return s
+        self.mel[s] = 0
 
     def close(self, s: int) -> None:
         self._free_pages.extend(self.table[s].tolist())
@@ -142,6 +160,6 @@ class StreamCache:
         self.v[layer, page, row] = v
 
     def memory_report(self) -> MemoryReport:
-        pool = sum(t.numel() * t.element_size() for t in
-                   (self.k, self.v, self.conv, self.h, self.c, self.pred, self.label, self.frames, self.table))
+        pool = sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.h, self.c, self.pred,
+                                                          self.label, self.frames, self.table, self.mel, self.pcm))
         return MemoryReport(pool // self.max_streams, self.max_streams, pool, self.page_size, self.pages_per_stream)

@@ -7,6 +7,8 @@
                                (default: the shipped demo model and its examples, on the CPU)
     nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
     nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
+    nemotron-engine loadtest [--model DIR | --micro] [--lookahead-ms 80 1120] [--streams N ...] [--capacity --n-max N]
+                             [--run-s S] [--out DIR] ...   (--help)
 """
 from __future__ import annotations
 
@@ -83,8 +85,9 @@ def transcribe_files(engine, files: list[str], lookahead_ms: int | None):
     while True:
         for f, (s, pcm) in streams.items():
             if not s.input_done:
-                s.push(pcm[pos[f]: pos[f] + piece])
-                pos[f] += piece
+                n = min(piece, s.room())  # no more than the engine lets queue ahead of it
+                s.push(pcm[pos[f]: pos[f] + n])
+                pos[f] += n
                 if pos[f] >= len(pcm):
                     s.finish()
         engine.step()
@@ -181,6 +184,13 @@ def cmd_parity(args) -> int:
     return run_parity(args.nemo, args.audio, args.lookahead_ms)
 
 
+def cmd_loadtest(args) -> int:
+    # in process, no NeMo: the real-time load test and the host-overhead measurement (nemotron_engine/loadtest.py)
+    from nemotron_engine.loadtest import cli_run
+
+    return cli_run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -223,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(func=cmd_parity)
 
     sub.add_parser("bench", help="streams sustained in real time, beside NeMo (see `nemotron-engine bench --help`)")
+
+    from nemotron_engine.loadtest import add_arguments as add_loadtest_arguments
+
+    lt = sub.add_parser("loadtest", help="live streams on a wall-clock schedule: chunk latency, real-time capacity")
+    add_loadtest_arguments(lt)
+    lt.set_defaults(func=cmd_loadtest)
 
     args = p.parse_args(argv)
     return args.func(args)

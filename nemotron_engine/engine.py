@@ -1,19 +1,30 @@
-"""Engine and Stream: streams push audio at their own pace; `engine.step()` runs one batched step over every
-stream with a chunk ready.
+"""Engine and Stream: streams push audio at their own pace (from any thread); `engine.step()` runs one batched step
+over every stream with a chunk ready.
+
+The data path:
+- `push` validates the samples and copies them into the stream's slot of the pool's audio ring; nothing else.
+- `step` reads the per-slot counters (numpy arrays indexed by slot, not per-stream objects) to find the streams
+  with a chunk ready, computes the log-mel frames of all their chunks in one batched call (features.py; a frame
+  depends only on its own samples), puts each chunk together as [9 cached mel frames | new frames], runs the
+  encoder step and the greedy decoder per group of streams (same lookahead, first chunk or not, same length), and
+  turns the new tokens into updates (new tokens and new text only).
 
 Chunking reproduces NeMo's cache-aware streaming buffer (CacheAwareStreamingAudioBuffer;
-docs/streaming.md#2-chunking) exactly:
-- a stream's first chunk is 1 + 8R mel frames, with no pre-encode cache and nothing dropped;
-- every later chunk is the 9 previous mel frames (left-padded with zero frames when fewer exist) followed by
+docs/streaming.md#2-chunking) exactly, per utterance:
+- an utterance's first chunk is 1 + 8R mel frames, with no pre-encode cache and nothing dropped;
+- every later chunk is the 9 previous mel frames (zero frames in front of the utterance's first) followed by
   8(R+1) new ones, and the first 2 subsampled frames are dropped;
-- at the end of input the last chunk is whatever remains (shorter), unless too few new frames remain to give an
-  encoder frame (fewer than 8; fewer than 1 for a first chunk), in which case they are dropped, as NeMo drops them.
-Every stream's encoder and decoder state lives in the engine's paged StreamCache (cache.py), preallocated at
-start-up; a step reads and updates it in place for the streams it runs. The step's ops come from the backend's op
-table (ops.py).
+- at the end of the utterance the last chunk is whatever remains (shorter), unless too few new frames remain to
+  give an encoder frame (fewer than 8; fewer than 1 for a first chunk), in which case they are dropped, as NeMo
+  drops them.
+An utterance is what NeMo streams from a fresh state. `finish()` ends the last one of a stream; `finalize()` (and
+endpointing) ends the open one and the stream goes on with a fresh one, so each segment equals NeMo's streaming of
+that segment's audio alone.
 """
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,24 +32,39 @@ import numpy as np
 import torch
 
 from .cache import StreamCache, bytes_per_stream
-from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, ModelConfig
-from .features import MelFrontend
+from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, SUBSAMPLING_FACTOR, ModelConfig, subsampled_length
 from .encoder import encoder_step
+from .features import frames_ready, log_mel, preemphasize, window_offsets
 from .model import Model
 from .ops import Ops, get_ops
 from .reference.decoder import initial_state
 from .tokenizer import Tokenizer
 
+DETOKENIZE_CONTEXT = 8  # tokens before the new ones that decode_delta sees (word boundaries and punctuation)
+
 
 @dataclass
-class Result:
-    """A stream's transcript so far."""
+class Segment:
+    """One utterance's result: what NeMo's streaming of [start_ms, end_ms) of the stream's audio gives."""
 
     text: str
     tokens: list[int]  # token ids, blank excluded
-    timestamps_ms: list[int]  # one per token: its encoder frame x 80 ms
+    timestamps_ms: list[int]  # one per token, in stream time: its encoder frame x 80 ms + start_ms
+    start_ms: float
+    end_ms: float
+    final: bool  # the utterance has ended and is fully decoded
+
+
+@dataclass
+class Result:
+    """A stream's open (or, once final, last) utterance."""
+
+    text: str
+    tokens: list[int]  # token ids, blank excluded
+    timestamps_ms: list[int]  # one per token, in stream time
     final: bool  # the stream has finished and every chunk has been decoded
     audio_s: float = 0.0  # seconds of audio pushed so far
+    start_ms: float = 0.0  # where the utterance starts in the stream
 
 
 @dataclass
@@ -46,124 +72,101 @@ class Update:
     """What one step added to one stream."""
 
     stream: "Stream"
-    tokens: list[int]
-    timestamps_ms: list[int]
-    text: str  # the whole transcript so far
-    final: bool
+    tokens: list[int]  # the new tokens
+    timestamps_ms: list[int]  # their times, in stream time
+    text: str  # the new text: the utterance's text so far is the concatenation of its updates' texts
+    final: bool  # the stream has finished and every chunk has been decoded
     needed_samples: int = 0  # samples of the stream that had to arrive for this step's chunk (its last one + 1)
+    segment: Segment | None = None  # the utterance that ended in this step (finalize, endpointing, finish)
 
 
-def _as_float_pcm(pcm, sample_rate: int, expected: int) -> torch.Tensor:
+@dataclass
+class StepTimes:
+    """What the engine's steps cost, accumulated since it was created (or since `reset`), for benchmarks. Wall time on
+    the host: on a GPU, the feature time is the launches' unless the caller synchronises."""
+
+    steps: int = 0
+    stream_steps: int = 0  # streams stepped, summed over steps (a stream's chunk decoded = one stream-step)
+    step_s: float = 0.0  # inside step()
+    features_s: float = 0.0  # of which the batched feature computation (gather, pre-emphasis, STFT, mel, log)
+
+    def reset(self) -> None:
+        self.steps = self.stream_steps = 0
+        self.step_s = self.features_s = 0.0
+
+
+def _as_float_pcm(pcm, sample_rate: int, expected: int) -> np.ndarray:
+    """Validated samples as a float32 numpy array [N] (a view where no conversion is needed)."""
     if sample_rate != expected:
         raise ValueError(f"expected {expected} Hz mono audio, got {sample_rate} Hz; resample first")
-    if isinstance(pcm, np.ndarray):
-        pcm = torch.from_numpy(pcm)
-    if not isinstance(pcm, torch.Tensor):
+    if isinstance(pcm, torch.Tensor):
+        pcm = pcm.detach().cpu().numpy()
+    if not isinstance(pcm, np.ndarray):
         raise TypeError(f"push() takes a numpy array or torch tensor of samples, got {type(pcm).__name__}")
-    if pcm.dim() != 1:
+    if pcm.ndim != 1:
         raise ValueError(f"push() takes mono samples of shape [N], got shape {tuple(pcm.shape)}")
-    if pcm.dtype == torch.int16:
-        pcm = pcm.to(torch.float32) / 32768.0
-    elif pcm.dtype in (torch.float32, torch.float64):
-        pcm = pcm.to(torch.float32)
-    else:
+    if pcm.dtype == np.int16:
+        return pcm.astype(np.float32) / np.float32(32768.0)
+    if pcm.dtype not in (np.float32, np.float64):
         raise TypeError(f"push() takes float32 or int16 samples, got {pcm.dtype}")
-    if not bool(torch.isfinite(pcm).all()):
-        bad = int((~torch.isfinite(pcm)).nonzero()[0, 0])
+    pcm = pcm.astype(np.float32, copy=False)
+    if not np.isfinite(pcm).all():
+        bad = int(np.flatnonzero(~np.isfinite(pcm))[0])
         raise ValueError(f"audio contains a non-finite sample ({float(pcm[bad])}) at index {bad}")
-    return pcm.cpu()
+    return pcm
 
 
 class Stream:
-    """One live audio source. Create with `Engine.open_stream()`."""
+    """One live audio source. Create with `Engine.open_stream()`; its counters live in the engine, by slot."""
 
-    def __init__(self, engine: "Engine", sid: int, r: int, slot: int):
-        cfg = engine.cfg
+    def __init__(self, engine: "Engine", sid: int, r: int, slot: int, endpoint_ms: int | None):
         self.engine = engine
         self.id = sid
-        self.slot = slot  # this stream's slot and pages in the engine's StreamCache
+        self.slot = slot  # this stream's slot and pages in the engine's pool
         self.r = r
-        self.lookahead_ms = (r + 1) * cfg.frame_ms
-        self.fe = MelFrontend(cfg, engine.model.frontend)
-        self.mel = torch.zeros(0, cfg.n_mels)  # [n, n_mels] frames from index `mel_base` on
-        self.mel_base = 0
-        self.next_mel = 0  # index of the first mel frame not yet fed to the encoder
-        self.steps = 0
-        self.valid_frames = 0  # valid (not padded) encoder frames decoded so far: the next token timestamp's base
-        self.tokens: list[int] = []
-        self.stamps: list[int] = []
-        self.input_done = False
-        self.done = False
-        self.final_reported = False
-        self.encoder_outputs: list[torch.Tensor] = []  # per step [T, D], when the engine keeps them
+        self.lookahead_ms = (r + 1) * engine.cfg.frame_ms
+        self.endpoint_ms = endpoint_ms
         self.closed = False
-        self.samples = 0  # audio samples pushed
+        self.input_done = False  # finish() was called
+        self.done = False  # finished and fully decoded
+        self.final_reported = False
+        self._cuts: list[int] = []  # utterance ends (stream samples) requested after the open utterance's end
+        # the open utterance: its tokens (for the result and the detokeniser's context) and text
+        self.tokens: list[int] = []
+        self.stamps_ms: list[int] = []
+        self.text = ""
+        self.encoder_outputs: list[torch.Tensor] = []  # per step [T, D], when the engine keeps them
+        self.features: list[torch.Tensor] = []  # per step, the chunk's new mel frames [n, n_mels], likewise
 
     # ---- input -----------------------------------------------------------------------------------------------
     def push(self, pcm, sample_rate: int | None = None) -> None:
-        """Append audio: float32 in [-1, 1] or int16, numpy or torch, shape [N], 16 kHz mono."""
+        """Append audio: float32 in [-1, 1] or int16, numpy or torch, shape [N], 16 kHz mono. A copy into the
+        stream's audio ring; safe to call from another thread than the one stepping the engine."""
         if self.closed:
             raise RuntimeError(f"stream {self.id} is closed")
         if self.input_done:
             raise RuntimeError(f"stream {self.id}: push() after finish()")
-        sr = self.engine.cfg.sample_rate if sample_rate is None else sample_rate
-        x = _as_float_pcm(pcm, sr, self.engine.cfg.sample_rate)
-        self.samples += x.numel()
-        self._append(self.fe.push(x))
+        eng = self.engine
+        sr = eng.cfg.sample_rate if sample_rate is None else sample_rate
+        eng._write(self, _as_float_pcm(pcm, sr, eng.cfg.sample_rate))
+
+    def room(self) -> int:
+        """Samples push() accepts now (max_queued_s minus what is queued ahead of the engine)."""
+        return self.engine._room(self.slot)
+
+    def finalize(self) -> None:
+        """End the open utterance at the audio pushed so far, without closing the stream: its tail is decoded as at
+        finish(), its segment turns final, and the audio pushed after this call starts a fresh utterance."""
+        self.engine._cut(self, finish=False)
 
     def finish(self) -> None:
         """The input has ended: the remaining frames become available and the stream will turn final."""
-        if self.closed:
-            raise RuntimeError(f"stream {self.id} is closed")
-        if not self.input_done:
-            self.input_done = True
-            self._append(self.fe.finish())
-            self._check_done()
+        self.engine._cut(self, finish=True)
 
-    def _check_done(self) -> None:
-        # NeMo stops when no frame is left, or drops a tail too short to produce an output frame
-        # (fewer than 1 mel frame for a first chunk, fewer than 8 later)
-        left = self.mel_available - self.next_mel
-        if self.input_done and left < SAMPLING_FRAMES[0 if self.steps == 0 else 1]:
-            self.done = True
-
-    def _append(self, frames: torch.Tensor) -> None:
-        if frames.shape[0]:
-            self.mel = torch.cat([self.mel, frames])
-
-    # ---- chunking (NeMo CacheAwareStreamingAudioBuffer semantics) -------------------------------------------
     @property
-    def mel_available(self) -> int:
-        return self.mel_base + self.mel.shape[0]
-
-    def next_chunk(self) -> tuple[torch.Tensor, bool] | None:
-        """The next chunk's encoder input [T_in, n_mels] and whether it is the first, or None if not ready."""
-        if self.done:
-            return None
-        cfg = self.engine.cfg
-        first = self.steps == 0
-        want = cfg.first_chunk_mel(self.r) if first else cfg.chunk_mel(self.r)
-        have = self.mel_available - self.next_mel
-        if have < want and not self.input_done:
-            return None
-        n = min(want, have)
-        lo = self.next_mel - self.mel_base
-        new = self.mel[lo: lo + n]
-        if first:
-            return new, True
-        cache_lo = max(self.next_mel - PRE_ENCODE_CACHE, 0)
-        cache = self.mel[cache_lo - self.mel_base: lo]
-        pad = new.new_zeros(PRE_ENCODE_CACHE - cache.shape[0], cfg.n_mels)  # zero (log-mel 0.0) frames
-        return torch.cat([pad, cache, new]), False
-
-    def _consumed(self, n_new: int) -> None:
-        self.next_mel += n_new
-        self.steps += 1
-        # keep only the 9 frames the next pre-encode cache needs
-        keep_from = max(self.next_mel - PRE_ENCODE_CACHE, 0)
-        self.mel = self.mel[keep_from - self.mel_base:]
-        self.mel_base = keep_from
-        self._check_done()
+    def samples(self) -> int:
+        """Audio samples pushed so far."""
+        return self._samples_at_close if self.closed else int(self.engine._pushed[self.slot])
 
     def __enter__(self) -> "Stream":
         return self
@@ -173,9 +176,11 @@ class Stream:
 
     # ---- output ------------------------------------------------------------------------------------------------
     def result(self) -> Result:
+        """The open utterance so far (the last one, once the stream is final); O(1) in the stream's age."""
         eng = self.engine
-        return Result(eng.tokenizer.decode(self.tokens), list(self.tokens),
-                      [f * eng.cfg.frame_ms for f in self.stamps], self.done, self.samples / eng.cfg.sample_rate)
+        start = self._start_at_close if self.closed else int(eng._utt_start[self.slot])
+        return Result(self.text, list(self.tokens), list(self.stamps_ms), self.done, self.samples / eng.cfg.sample_rate,
+                      start * 1000 / eng.cfg.sample_rate)
 
 
 class Engine:
@@ -184,17 +189,16 @@ class Engine:
     >>> engine = Engine("out_dir")
     >>> s = engine.open_stream(lookahead_ms=560)
     >>> s.push(pcm); s.finish()
-    >>> while not s.result().final: engine.step()
-    >>> s.result().text
+    >>> for u in engine.drain(): print(u.text, end="")
     """
 
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
-                 max_streams: int | None = None,
-                 memory_budget: int | None = None, keep_encoder_outputs: bool = False,
-                 backend: str | Ops | None = None):
-        """max_streams or memory_budget (bytes for the stream cache) sizes the preallocated pool (default 64
-        streams). keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` (for
-        parity checks against NeMo, which compare activations step by step).
+                 max_streams: int | None = None, memory_budget: int | None = None,
+                 keep_encoder_outputs: bool = False, backend: str | Ops | None = None,
+                 max_queued_s: float = 10.0, endpoint_ms: int | None = None):
+        """max_streams or memory_budget (bytes for the pool) sizes the preallocated pool (default 64 streams).
+        keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` and its new mel
+        frames in `features` (for parity checks against NeMo, which compare activations step by step).
 
         backend: the op table the step runs (ops.py): "cpu" (the default on the CPU: the reference ops tuned for
         it, prepacked oneDNN products, channels-last subsampling, attention per stream; batch invariant bit for bit),
@@ -202,6 +206,9 @@ class Engine:
         the host), "triton" (the default on CUDA: the Triton kernels and the CUDA greedy decoder of the compiled
         extension; an error when the extension is missing; on the CPU only under Triton's interpreter, for tests),
         or an `Ops` table of one's own (the benchmarks pass `ops.triton_ops(device, decoder_kernel="grid")`).
+
+        max_queued_s: audio a stream may hold ahead of the engine (its ring); push() beyond it raises.
+        endpoint_ms: the default of open_stream's endpointing (None: off, the NeMo-exact default).
         """
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
@@ -209,40 +216,145 @@ class Engine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device here (torch.cuda.is_available() is False; torch "
                              f"{torch.__version__}); use device='cpu'")
+        if not max_queued_s > 0:
+            raise ValueError(f"max_queued_s must be > 0, got {max_queued_s}")
         self.ops: Ops = backend if isinstance(backend, Ops) else get_ops(backend, self.device)
         self.backend = self.ops.name
         self.model = Model.load(model_dir, dtype=dtype, device=self.device)
         self.ops.prepare(self.model)
         self.cfg: ModelConfig = self.model.cfg
+        cfg = self.cfg
         self.tokenizer = Tokenizer(self.model_dir / "tokenizer.model")
+        self.endpoint_ms = self._check_endpoint(endpoint_ms)
+        self.max_queued_s = float(max_queued_s)
+        # the ring holds the queue, plus what the next chunk still reads (its frames' windows, the sample before)
+        self._max_queued = int(round(max_queued_s * cfg.sample_rate))
+        chunk = (cfg.first_chunk_mel(max(cfg.lookaheads)) + 1) * cfg.hop_length + cfg.n_fft + 1
+        ring = self._max_queued + chunk
         if max_streams is not None and memory_budget is not None:
             raise ValueError("give max_streams or memory_budget, not both")
         if memory_budget is not None:
-            max_streams = memory_budget // bytes_per_stream(self.cfg, dtype)
+            per = bytes_per_stream(cfg, dtype, pcm_ring=ring)
+            max_streams = memory_budget // per
             if max_streams < 1:
-                raise ValueError(f"memory_budget {memory_budget} bytes holds no stream "
-                                 f"({bytes_per_stream(self.cfg, dtype)} bytes per stream)")
-        self.cache = StreamCache(self.cfg, 64 if max_streams is None else max_streams, dtype, device=self.device)
+                raise ValueError(f"memory_budget {memory_budget} bytes holds no stream ({per} bytes per stream)")
+        self.cache = StreamCache(cfg, 64 if max_streams is None else max_streams, dtype, device=self.device,
+                                 pcm_ring=ring)
+        S = self.cache.max_streams
+        self._pcm = self.cache.pcm.numpy()  # the ring, as numpy: push() copies into it without torch's per-op cost
+        # per-slot counters, in stream samples / mel frames / encoder frames of the open utterance
+        self._pushed = np.zeros(S, np.int64)  # samples pushed (stream)
+        self._utt_start = np.zeros(S, np.int64)  # the open utterance's first sample (stream)
+        self._cut_at = np.full(S, -1, np.int64)  # the open utterance's end (stream sample), -1 while open
+        self._next_mel = np.zeros(S, np.int64)  # the utterance's next mel frame to feed
+        self._steps = np.zeros(S, np.int64)  # chunks decoded in the utterance
+        self._valid_frames = np.zeros(S, np.int64)  # valid encoder frames decoded in the utterance
+        self._last_token = np.full(S, -1, np.int64)  # encoder frame of the utterance's last token, -1: none
+        self._r = np.zeros(S, np.int64)
+        self._endpoint_frames = np.zeros(S, np.int64)  # 0: off
+        self._live = np.zeros(S, bool)  # open and not yet final
+        self._by_slot: list[Stream | None] = [None] * S
+        # push() may run on other threads: it writes ring samples the step does not read and then publishes the
+        # count under this lock; the step reads the counts under it, once, at its start
+        self._lock = threading.Lock()
+        self._stepping = False
+        self._close_after_step: list[Stream] = []
         # every stream starts from the same decoder state (one LSTM step on SOS): computed once
         with torch.inference_mode():
             self.dec_after_sos = initial_state(self.model, 1, self.ops.linear)
         self.streams: dict[int, Stream] = {}
         self._next_id = 0
+        self.times = StepTimes()
 
-    def open_stream(self, lookahead_ms: int | None = None) -> Stream:
+    def _check_endpoint(self, endpoint_ms):
+        if endpoint_ms is not None and (endpoint_ms <= 0 or endpoint_ms % self.cfg.frame_ms):
+            raise ValueError(f"endpoint_ms must be a positive multiple of {self.cfg.frame_ms} ms (one encoder frame), "
+                             f"got {endpoint_ms}")
+        return endpoint_ms
+
+    # ---- streams -------------------------------------------------------------------------------------------------
+    def open_stream(self, lookahead_ms: int | None = None, endpoint_ms: int | None = -1) -> Stream:
+        """A new stream. endpoint_ms: finalise its utterance automatically after that much audio without a token
+        following a token (default: the engine's endpoint_ms; None: off)."""
         r = self.cfg.lookahead_from_ms(lookahead_ms)
-        with torch.inference_mode():
+        endpoint_ms = self._check_endpoint(self.endpoint_ms if endpoint_ms == -1 else endpoint_ms)
+        with torch.inference_mode(), self._lock:
             slot = self.cache.open(self.dec_after_sos)
-        s = Stream(self, self._next_id, r, slot)
-        self._next_id += 1
-        self.streams[s.id] = s
+            s = Stream(self, self._next_id, r, slot, endpoint_ms)
+            self._next_id += 1
+            for a in (self._pushed, self._utt_start, self._next_mel, self._steps, self._valid_frames):
+                a[slot] = 0
+            self._cut_at[slot] = -1
+            self._last_token[slot] = -1
+            self._r[slot] = r
+            self._endpoint_frames[slot] = (endpoint_ms or 0) // self.cfg.frame_ms
+            self._live[slot] = True
+            self._by_slot[slot] = s
+            self.streams[s.id] = s
         return s
 
     def close(self, s: Stream) -> None:
         """Free everything the stream held (its slot and pages return to the pool)."""
+        with self._lock:
+            if s.closed:
+                return
+            s._samples_at_close, s._start_at_close = int(self._pushed[s.slot]), int(self._utt_start[s.slot])
+            s.closed = True
+            if self._stepping:  # the running step may still use the slot: freed when it returns
+                self._close_after_step.append(s)
+            else:
+                self._free(s)
+
+    def _free(self, s: Stream) -> None:
         if self.streams.pop(s.id, None) is not None:
+            self._live[s.slot] = False
+            self._by_slot[s.slot] = None
             self.cache.close(s.slot)
-        s.closed = True
+
+    def _room(self, slot: int) -> int:
+        # the ring keeps the samples from the first one the next frame reads (its window, the sample before)
+        keep_from = int(self._utt_start[slot] + self._next_mel[slot] * self.cfg.hop_length) - self.cfg.n_fft // 2 - 1
+        return max(self.cache.pcm_ring - int(self._pushed[slot] - max(keep_from, 0)), 0)
+
+    def _write(self, s: Stream, x: np.ndarray) -> None:
+        n = x.size
+        ring = self.cache.pcm_ring
+        with self._lock:
+            if s.closed:
+                raise RuntimeError(f"stream {s.id} is closed")
+            room = self._room(s.slot)
+            if n > room:
+                queued = (self.cache.pcm_ring - room) / self.cfg.sample_rate
+                raise RuntimeError(
+                    f"stream {s.id}: {queued:.2f} s of audio already queued ahead of the engine and {n} samples "
+                    f"({n / self.cfg.sample_rate:.2f} s) more would exceed max_queued_s={self.max_queued_s}; step "
+                    "the engine (engine.step()) before pushing more, push at most stream.room() samples, or create "
+                    "the Engine with a larger max_queued_s")
+            at = int(self._pushed[s.slot]) % ring
+            row = self._pcm[s.slot]
+            first = min(n, ring - at)
+            row[at: at + first] = x[:first]
+            if first < n:
+                row[: n - first] = x[first:]
+            self._pushed[s.slot] += n
+
+    def _cut(self, s: Stream, finish: bool) -> None:
+        with self._lock:
+            if s.closed:
+                raise RuntimeError(f"stream {s.id} is closed")
+            if s.input_done:
+                return
+            at = int(self._pushed[s.slot])
+            last = s._cuts[-1] if s._cuts else int(self._cut_at[s.slot])
+            # an empty utterance is not one, except a stream's only one (NeMo decodes its single pad frame)
+            empty = at == (last if last >= 0 else int(self._utt_start[s.slot]))
+            if not empty or (finish and at == 0):
+                if self._cut_at[s.slot] < 0:
+                    self._cut_at[s.slot] = at
+                else:
+                    s._cuts.append(at)
+            if finish:
+                s.input_done = True
 
     def __enter__(self) -> "Engine":
         return self
@@ -258,7 +370,7 @@ class Engine:
         >>> s.finish()
         >>> for u in engine.drain(): print(u.stream.id, u.text, u.final)
         """
-        while any(s.input_done and not s.final_reported for s in self.streams.values()):
+        while any(s.input_done and not s.final_reported for s in list(self.streams.values())):
             yield from self.step()
 
     def memory_report(self):
@@ -267,75 +379,225 @@ class Engine:
 
     def pending(self) -> bool:
         """True while some open stream is not final."""
-        return any(not s.done for s in self.streams.values())
+        return any(not s.done for s in list(self.streams.values()))
 
+    # ---- the step ------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, streams=None) -> list[Update]:
         """One batched step over every stream with a chunk ready (or over those of `streams` only) -> an update per
         stepped stream."""
-        groups: dict[tuple, list[tuple[Stream, torch.Tensor]]] = {}
-        updates = []
-        for s in (self.streams.values() if streams is None else streams):
-            if s.closed:
-                continue
-            if s.done:
-                if not s.final_reported:  # turned final at finish() without another chunk
-                    s.final_reported = True
-                    updates.append(Update(s, [], [], self.tokenizer.decode(s.tokens), True, s.samples))
-                continue
-            chunk = s.next_chunk()
-            if chunk is not None:
-                mel, first = chunk
-                groups.setdefault((s.r, first, mel.shape[0]), []).append((s, mel))
-        for (r, first, _), items in groups.items():
-            updates += self._run_group(r, first, items)
+        cfg = self.cfg
+        with self._lock:
+            if streams is None:
+                slots = np.flatnonzero(self._live)
+            else:
+                slots = np.array([s.slot for s in streams if not s.closed and not s.done], np.int64)
+            pushed = self._pushed[slots].copy()
+            cut = self._cut_at[slots].copy()
+            self._stepping = True
+        t0 = time.perf_counter()
+        try:
+            return self._step(cfg, slots, pushed, cut)
+        finally:
+            self.times.steps += 1
+            self.times.step_s += time.perf_counter() - t0
+            with self._lock:
+                self._stepping = False
+                for s in self._close_after_step:
+                    self._free(s)
+                self._close_after_step.clear()
+
+    def _step(self, cfg, slots, pushed, cut) -> list[Update]:
+        updates: list[Update] = []
+        utt_start = self._utt_start[slots]
+        ended = cut >= 0
+        length = np.where(ended, cut, pushed) - utt_start  # samples of the open utterance so far
+        have = frames_ready(cfg, length, ended) - self._next_mel[slots]
+        r = self._r[slots]
+        first = self._steps[slots] == 0
+        want = np.where(first, 1 + SUBSAMPLING_FACTOR * r, SUBSAMPLING_FACTOR * (r + 1))  # cfg.(first_)chunk_mel
+        min_tail = np.where(first, SAMPLING_FRAMES[0], SAMPLING_FRAMES[1])
+        ready = (have >= want) | (ended & (have >= min_tail))
+        # an ended utterance with no chunk left: its segment closes (NeMo drops a tail too short to give a frame)
+        closing = slots[ended & ~ready]
+        n_new = np.minimum(want, have)
+        run = np.flatnonzero(ready)
+        if run.size:
+            stepped = self._run(cfg, slots[run], n_new[run], first[run], r[run], length[run], ended[run])
+            # an utterance whose last chunk this was closes now, its segment on the same update
+            done = set(slots[run][ended[run] & (have[run] - n_new[run] < SAMPLING_FRAMES[1])].tolist())
+            for u in stepped:
+                if u.stream.slot in done:
+                    end = self._end_utterance(u.stream)
+                    u.segment, u.final = end.segment, end.final
+            updates += stepped
+        for slot in closing:
+            updates.append(self._end_utterance(self._by_slot[slot]))
+        # a stream finished after its last utterance was already closed (nothing more to decode)
+        for slot in slots[~ended & ~ready]:
+            s = self._by_slot[slot]
+            if s is not None and s.input_done and not s._cuts and not s.done:
+                s.done = s.final_reported = True
+                self._live[slot] = False
+                updates.append(Update(s, [], [], "", True, s.samples))
         return updates
 
-    def _run_group(self, r: int, first: bool, items: list[tuple[Stream, torch.Tensor]]) -> list[Update]:
-        streams = [s for s, _ in items]
-        b = len(streams)
+    def _run(self, cfg, slots, n_new, first, r, length, ended) -> list[Update]:
+        """Features, encoder and decoder for the ready streams, one group per (lookahead, first, chunk length)."""
         dev = self.device
-        mel = torch.stack([m for _, m in items]).to(device=dev, dtype=self.model.dtype)  # [B, T_in, n_mels]
-        mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
-        slots = torch.tensor([s.slot for s in streams], dtype=torch.int64, device=dev)
-        cache = self.cache
-        out, out_len = encoder_step(self.model, self.ops, mel, mel_len, cache, slots, r, first)
-        offsets = torch.tensor([s.valid_frames for s in streams], device=dev)
-        toks, stamps = self.ops.decode(self.model, out, out_len, cache, slots, offsets)
+        t0 = time.perf_counter()
+        self.times.stream_steps += slots.size
+        # 1. the new mel frames of every ready stream, in one batched computation
+        utt_start = self._utt_start[slots]
+        next_mel = self._next_mel[slots]
+        count = n_new
+        owner = np.repeat(np.arange(slots.size), count)  # [N] which stream each new frame belongs to
+        frame = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + next_mel[owner]  # [N]
+        taps = cfg.n_fft + 1
+        pos = window_offsets(cfg, torch.from_numpy(frame)).unsqueeze(1) + torch.arange(taps)  # [N, 513] utterance
+        valid = (pos >= 0) & (pos < torch.from_numpy(np.where(ended, length, np.iinfo(np.int64).max)[owner])
+                               .unsqueeze(1))
+        ring = self.cache.pcm_ring
+        idx = (torch.from_numpy(slots[owner] * ring).unsqueeze(1)
+               + (pos + torch.from_numpy(utt_start[owner]).unsqueeze(1)).clamp(min=0) % ring)
+        x = self.cache.pcm.view(-1)[idx.view(-1)].view(-1, taps)
+        if dev.type != "cpu":
+            x, valid = x.to(dev, non_blocking=True), valid.to(dev, non_blocking=True)
+        mel = log_mel(cfg, self.model.frontend, preemphasize(x, valid, cfg.preemph))  # [N, n_mels]
+        # NeMo sets the frame at index L // hop of an ended signal (its last) to the pad value
+        last = torch.from_numpy(ended[owner] & (frame == length[owner] // cfg.hop_length))
+        if bool(last.any()):
+            mel[last.to(dev)] = cfg.pad_value
+        self.times.features_s += time.perf_counter() - t0
+
+        # 2. groups
         updates = []
-        n_new = mel.shape[1] - (0 if first else PRE_ENCODE_CACHE)
-        lens = out_len.tolist()  # one device-to-host read per group, after the decoder has returned the tokens
-        for i, s in enumerate(streams):
-            s.valid_frames += lens[i]
-            s.tokens += toks[i]
-            s.stamps += stamps[i]
-            s._consumed(n_new)
-            if self.keep_encoder_outputs:
-                s.encoder_outputs.append(out[i, : lens[i]].float().cpu())  # [T, D]
-            s.final_reported = s.done
-            # mel frame m is complete once sample hop * m + n_fft // 2 - 1 has arrived (features.py)
-            needed = min(s.samples, (s.next_mel - 1) * self.cfg.hop_length + self.cfg.n_fft // 2)
-            updates.append(Update(s, toks[i], [f * self.cfg.frame_ms for f in stamps[i]],
-                                  self.tokenizer.decode(s.tokens), s.done, needed))
+        key = np.stack([r, first, n_new], 1)
+        groups, inverse = np.unique(key, axis=0, return_inverse=True)
+        offsets = np.concatenate([[0], np.cumsum(count)])
+        for g, (gr, gfirst, gn) in enumerate(groups):
+            members = np.flatnonzero(inverse.reshape(-1) == g)
+            rows = torch.from_numpy((offsets[members][:, None] + np.arange(gn)).reshape(-1))
+            new = mel[rows.to(dev)].view(members.size, int(gn), cfg.n_mels)  # [B, n, n_mels]
+            updates += self._run_group(slots[members], new, int(gr), bool(gfirst), length[members], ended[members])
         return updates
 
+    def _run_group(self, slots, new, r, first, length, ended) -> list[Update]:
+        cfg, dev, cache = self.cfg, self.device, self.cache
+        b, n = new.shape[:2]
+        slot_t = torch.from_numpy(slots).to(dev)
+        window = torch.cat([cache.mel[slot_t], new], dim=1)  # [B, 9 + n, n_mels]
+        cache.mel[slot_t] = window[:, -PRE_ENCODE_CACHE:]
+        mel = (new if first else window).to(self.model.dtype)
+        mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
+        out, _ = encoder_step(self.model, self.ops, mel, mel_len, cache, slot_t, r, first)
+        # the valid output frames, known on the host: no read-back of the encoder's lengths
+        t_out = max(int(subsampled_length(mel.shape[1])) - (0 if first else 2), 0)
+        offsets = self._valid_frames[slots]
+        toks, stamps = self.ops.decode(self.model, out, torch.full((b,), t_out, dtype=torch.int64, device=dev), cache,
+                                       slot_t, torch.from_numpy(offsets).to(dev))
+        self._next_mel[slots] += n
+        self._steps[slots] += 1
+        self._valid_frames[slots] += t_out
+        hop, half = cfg.hop_length, cfg.n_fft // 2
+        frame_ms = cfg.frame_ms
+        updates = []
+        for i, slot in enumerate(slots):
+            s = self._by_slot[slot]
+            start_ms = int(self._utt_start[slot]) * 1000 // cfg.sample_rate
+            new_toks = toks[i]
+            ms = [start_ms + f * frame_ms for f in stamps[i]]
+            text = ""
+            if new_toks:
+                text = self.tokenizer.decode_delta(s.tokens[-DETOKENIZE_CONTEXT:], new_toks)
+                s.tokens += new_toks
+                s.stamps_ms += ms
+                s.text += text
+                self._last_token[slot] = stamps[i][-1]
+            if self.keep_encoder_outputs:
+                s.encoder_outputs.append(out[i, :t_out].float().cpu())  # [T, D]
+                s.features.append(new[i].cpu())  # [n, n_mels]
+            # mel frame m is complete once sample hop * m + n_fft // 2 - 1 of the utterance has arrived
+            needed = int(self._utt_start[slot]) + min(int(length[i]), int(self._next_mel[slot] - 1) * hop + half)
+            # endpointing: enough frames without a token after a token ends the utterance where the decoded audio
+            # ends (hop * m + n_fft // 2 - hop samples: every frame fed so far read only samples before it)
+            if (self._endpoint_frames[slot] and self._last_token[slot] >= 0
+                    and self._valid_frames[slot] - 1 - self._last_token[slot] >= self._endpoint_frames[slot]):
+                self._endpoint(s, int(self._utt_start[slot]) + int(self._next_mel[slot]) * hop + half - hop)
+            updates.append(Update(s, new_toks, ms, text, False, needed))
+        return updates
+
+    def _endpoint(self, s: Stream, at: int) -> None:
+        """End the open utterance at stream sample `at`, before any cut already requested (which then ends the next
+        one). A cut at or before `at` wins: no frame fed so far read past it (a frame that read the zeros after it
+        puts `at` after it)."""
+        with self._lock:
+            cut = int(self._cut_at[s.slot])
+            if cut < 0:
+                self._cut_at[s.slot] = at
+            elif at < cut:
+                s._cuts.insert(0, cut)
+                self._cut_at[s.slot] = at
+
+    def _end_utterance(self, s: Stream) -> Update:
+        """The open utterance of s has ended and is decoded: its segment goes out; the stream turns final, or its
+        slot is reset for the next utterance, which starts at the cut."""
+        cfg = self.cfg
+        slot = s.slot
+        start, end = int(self._utt_start[slot]), int(self._cut_at[slot])
+        seg = Segment(s.text, s.tokens, s.stamps_ms, start * 1000 / cfg.sample_rate, end * 1000 / cfg.sample_rate,
+                      True)
+        with self._lock:
+            final = s.input_done and not s._cuts
+            if final:
+                s.done = s.final_reported = True
+                self._live[slot] = False
+                return Update(s, [], [], "", True, end, seg)
+            self._cut_at[slot] = s._cuts.pop(0) if s._cuts else -1
+            self._utt_start[slot] = end
+        with torch.inference_mode():
+            self.cache.reset(slot, self.dec_after_sos)
+        for a in (self._next_mel, self._steps, self._valid_frames):
+            a[slot] = 0
+        self._last_token[slot] = -1
+        s.tokens, s.stamps_ms, s.text = [], [], ""
+        return Update(s, [], [], "", False, end, seg)
+
+    # ---- whole signals -------------------------------------------------------------------------------------------
     def transcribe(self, pcm, lookahead_ms: int | None = None) -> Result:
         """Stream one whole signal through the engine, chunk by chunk, and return its final result."""
         return self.transcribe_many([pcm], lookahead_ms)[0]
 
     def transcribe_many(self, pcms, lookahead_ms: int | None = None) -> list[Result]:
         """Stream several whole signals at once, each its own stream, batched into the same steps -> their final
-        results, in order. Needs a free stream slot per signal; the streams are closed on return. Only these streams
-        are stepped: other streams of the engine are left for their owners to step."""
-        streams = []
+        results, in order (every segment's tokens, timestamps and text together, with the engine's endpointing).
+        Needs a free stream slot per signal; the audio is pushed as the steps consume it; the streams are closed on
+        return. Only these streams are stepped: other streams of the engine are left for their owners to step."""
+        streams, pcms = [], [_as_float_pcm(p, self.cfg.sample_rate, self.cfg.sample_rate) for p in pcms]
         try:
-            for pcm in pcms:
+            for _ in pcms:
                 streams.append(self.open_stream(lookahead_ms))
-                streams[-1].push(pcm)
-                streams[-1].finish()
-            while any(not s.done for s in streams):
-                self.step(streams)
-            return [s.result() for s in streams]
+            pos = [0] * len(pcms)
+            parts: list[list[Segment]] = [[] for _ in pcms]
+            index = {s.id: i for i, s in enumerate(streams)}
+            while not all(s.done for s in streams):
+                for i, s in enumerate(streams):
+                    if not s.input_done:
+                        n = min(s.room(), len(pcms[i]) - pos[i])
+                        if n:
+                            s.push(pcms[i][pos[i]: pos[i] + n])
+                            pos[i] += n
+                        if pos[i] == len(pcms[i]):
+                            s.finish()
+                for u in self.step(streams):
+                    if u.segment is not None:
+                        parts[index[u.stream.id]].append(u.segment)
+            out = []
+            for i, s in enumerate(streams):
+                segs = parts[i]
+                out.append(Result(" ".join(g.text for g in segs if g.text), [t for g in segs for t in g.tokens],
+                                  [t for g in segs for t in g.timestamps_ms], True, len(pcms[i]) / self.cfg.sample_rate))
+            return out
         finally:
             for s in streams:
                 self.close(s)

@@ -42,3 +42,22 @@ class Tokenizer:
         if self._space_before_punct is not None:
             text = self._space_before_punct.sub(r"\2", text)
         return text
+
+    def decode_delta(self, context: list[int], new: list[int]) -> str:
+        """The text that `new` tokens add after `context` (the tokens before them in the same utterance; the last
+        few suffice) -> str, such that the deltas of an utterance's tokens, concatenated, equal decode(all tokens):
+        word starts keep their space (none at the utterance's start), and the punctuation rule applies across the
+        boundary. Costs O(len(context) + len(new)), whatever the utterance's length.
+        """
+        if not new:
+            return ""
+        before = self.decode(context)
+        after = self.decode(list(context) + list(new))
+        if after.startswith(before):
+            return after[len(before):]
+        # a piece that changes the text before it (byte-fallback pieces completing a character): the longest
+        # common prefix is what was already handed out
+        i = 0
+        while i < min(len(before), len(after)) and before[i] == after[i]:
+            i += 1
+        return after[i:]

@@ -16,8 +16,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 status() { echo "$1: rc=$2 at ${SECONDS}s" | tee -a "$OUT/summary.txt"; }
-# at most 8 files under $OUT (what a device run returns): summary.txt, build.log, gpu_tests.log, bench.log, bench.json,
-# engine.log, engine.json, sweep.json
+# at most 8 files under $OUT (what a device run returns): summary.txt, build.log, gpu_tests.log, bench.log (benches
+# and the engine runs), bench.json, engine.json, loadtest.json, sweep.json
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/summary.txt" 2>&1
 $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
     >> "$OUT/summary.txt" 2>&1
@@ -33,6 +33,28 @@ $PY -m pip install -q --no-build-isolation --no-deps -e ./parity >> "$OUT/build.
 status "build parity" $?
 $PY -c "from nemotron_engine import _ext; print('extension:', _ext.build_info(), _ext.extension_error())" \
     2>&1 | tee -a "$OUT/build.log"
+
+# 1b. real-time load on the full-size shape (24 x 1024, random weights, calibrated blank bias; built with NeMo by
+# the bench's recipe, cached under $LT_CACHE), fp32 and bf16, 80 ms and 1120 ms: chunk latency percentiles and late
+# chunks at a few N, live audio on a wall-clock schedule (nemotron-engine loadtest); the demo model if the build fails
+LT_CACHE=${LT_CACHE:-/tmp/nemotron-bench-cache}
+LT_MODEL=$(timeout ${LT_BUILD_TIMEOUT:-240} $PY -c "
+from pathlib import Path
+from nemotron_parity.bench import make_shape, prepare_model
+print(prepare_model(make_shape('full'), Path('$LT_CACHE')).engine_dir)" 2>> "$OUT/build.log" | tail -1)
+status "loadtest model ${LT_MODEL:-weights/demo}" $?
+[ -n "$LT_MODEL" ] && [ -f "$LT_MODEL/config.json" ] || LT_MODEL=weights/demo
+for dt in float32 bfloat16; do
+    timeout ${LT_TIMEOUT:-100} nemotron-engine loadtest --model "$LT_MODEL" --device cuda --dtype $dt \
+        --lookahead-ms 80 1120 --streams ${LT_STREAMS:-64 256 1024} --run-s ${LT_RUN_S:-10} --out "$OUT/lt-$dt" \
+        >> "$OUT/bench.log" 2>&1
+    status "loadtest $dt" $?
+done
+$PY -c "
+import json, pathlib
+out = pathlib.Path('$OUT')
+runs = {d.name: json.loads((d / 'loadtest.json').read_text()) for d in sorted(out.glob('lt-*')) if (d / 'loadtest.json').is_file()}
+(out / 'loadtest.json').write_text(json.dumps(runs, indent=1))" && rm -rf "$OUT"/lt-*
 
 # 2. gpu-marked tests, one pytest process per file (a crash in one file does not hide the others' results)
 : > "$OUT/gpu_tests.log"
@@ -81,10 +103,10 @@ status "raw-module errors" $?
 MODEL=${GPU_MODEL:-weights/demo}
 if [ -d "$MODEL" ]; then
     # the main job on the GPU, as a user runs it (bench/gpu_engine.py below also runs the grid decoder)
-    timeout 60 bash scripts/demo.sh --device cuda --model "$MODEL" >> "$OUT/engine.log" 2>&1
+    timeout 60 bash scripts/demo.sh --device cuda --model "$MODEL" >> "$OUT/bench.log" 2>&1
     status "demo.sh --device cuda" $?
     timeout ${ENGINE_TIMEOUT:-90} $PY bench/gpu_engine.py "$MODEL" "$MODEL"/examples/*.wav \
-        --json "$OUT/engine.json" >> "$OUT/engine.log" 2>&1
+        --json "$OUT/engine.json" >> "$OUT/bench.log" 2>&1
     status engine $?
 fi
 
@@ -104,5 +126,5 @@ fi
 
 echo "== summary =="
 cat "$OUT/summary.txt"
-tail -12 "$OUT/engine.log" 2>/dev/null
+tail -12 "$OUT/bench.log" 2>/dev/null
 grep -vE "^(bench|tests)/.*(PASSED|SKIPPED)|^\s*$" "$OUT/bench.log" | tail -110

@@ -61,9 +61,14 @@ def run_parity(nemo_path: str, audio_files: list[str], lookahead_ms: list[int] |
             for name, pcm in audios:
                 ref = nemo_stream(model, pcm, [cfg.left_context, r])
                 s = engine.open_stream(ms)
-                s.push(pcm)
-                s.finish()
+                pos = 0
                 while not s.done:
+                    if not s.input_done:  # as much as the engine lets queue ahead of it
+                        n = min(s.room(), len(pcm) - pos)
+                        s.push(pcm[pos: pos + n])
+                        pos += n
+                        if pos == len(pcm):
+                            s.finish()
                     engine.step()
                 res = s.result()
                 engine.close(s)
