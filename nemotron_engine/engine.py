@@ -34,7 +34,7 @@ import torch
 from .cache import StreamCache, bytes_per_stream
 from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, SUBSAMPLING_FACTOR, ModelConfig, subsampled_length
 from .encoder import encoder_step
-from .features import frames_ready, log_mel, preemphasize, window_offsets
+from .features import frames_ready, log_mel, preemphasize, span_length, span_start
 from .model import Model
 from .ops import Ops, get_ops
 from .reference.decoder import initial_state
@@ -443,44 +443,40 @@ class Engine:
         return updates
 
     def _run(self, cfg, slots, n_new, first, r, length, ended) -> list[Update]:
-        """Features, encoder and decoder for the ready streams, one group per (lookahead, first, chunk length)."""
-        dev = self.device
-        t0 = time.perf_counter()
+        """Features, encoder and decoder for the ready streams, one group per (lookahead, first, chunk length): in
+        steady state a single group, whose features are one batched computation."""
         self.times.stream_steps += slots.size
-        # 1. the new mel frames of every ready stream, in one batched computation
-        utt_start = self._utt_start[slots]
-        next_mel = self._next_mel[slots]
-        count = n_new
-        owner = np.repeat(np.arange(slots.size), count)  # [N] which stream each new frame belongs to
-        frame = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + next_mel[owner]  # [N]
-        taps = cfg.n_fft + 1
-        pos = window_offsets(cfg, torch.from_numpy(frame)).unsqueeze(1) + torch.arange(taps)  # [N, 513] utterance
-        valid = (pos >= 0) & (pos < torch.from_numpy(np.where(ended, length, np.iinfo(np.int64).max)[owner])
-                               .unsqueeze(1))
+        updates = []
+        groups, inverse = np.unique(np.stack([r, first, n_new], 1), axis=0, return_inverse=True)
+        for g, (gr, gfirst, gn) in enumerate(groups):
+            m = np.flatnonzero(inverse.reshape(-1) == g)
+            new = self._features(slots[m], int(gn), length[m], ended[m])  # [B, n, n_mels]
+            updates += self._run_group(slots[m], new, int(gr), bool(gfirst), length[m], ended[m])
+        return updates
+
+    def _features(self, slots, n: int, length, ended) -> torch.Tensor:
+        """The next n mel frames of each stream [B, n, n_mels], from the samples they read in the audio ring."""
+        cfg, dev = self.cfg, self.device
+        t0 = time.perf_counter()
         ring = self.cache.pcm_ring
-        idx = (torch.from_numpy(slots[owner] * ring).unsqueeze(1)
-               + (pos + torch.from_numpy(utt_start[owner]).unsqueeze(1)).clamp(min=0) % ring)
-        x = self.cache.pcm.view(-1)[idx.view(-1)].view(-1, taps)
+        span = span_length(cfg, n)
+        start = span_start(cfg, self._next_mel[slots])  # [B] utterance sample of each span's first
+        pos = torch.from_numpy(start).unsqueeze(1) + torch.arange(span)  # [B, span] utterance sample index
+        end = torch.from_numpy(np.where(ended, length, np.iinfo(np.int64).max)).unsqueeze(1)
+        valid = (pos >= 0) & (pos < end)
+        base = torch.from_numpy(slots * ring).unsqueeze(1)
+        idx = base + (pos + torch.from_numpy(self._utt_start[slots]).unsqueeze(1)) % ring  # [B, span] in the ring
+        x = self.cache.pcm.view(-1)[idx]
         if dev.type != "cpu":
             x, valid = x.to(dev, non_blocking=True), valid.to(dev, non_blocking=True)
-        mel = log_mel(cfg, self.model.frontend, preemphasize(x, valid, cfg.preemph))  # [N, n_mels]
+        mel = log_mel(cfg, self.model.frontend, preemphasize(x, valid, cfg.preemph))  # [B, n, n_mels]
         # NeMo sets the frame at index L // hop of an ended signal (its last) to the pad value
-        last = torch.from_numpy(ended[owner] & (frame == length[owner] // cfg.hop_length))
-        if bool(last.any()):
-            mel[last.to(dev)] = cfg.pad_value
+        last = length // cfg.hop_length - self._next_mel[slots]  # [B] its index among the new frames
+        pad = np.flatnonzero(ended & (last >= 0) & (last < n))
+        if pad.size:
+            mel[torch.from_numpy(pad).to(dev), torch.from_numpy(last[pad]).to(dev)] = cfg.pad_value
         self.times.features_s += time.perf_counter() - t0
-
-        # 2. groups
-        updates = []
-        key = np.stack([r, first, n_new], 1)
-        groups, inverse = np.unique(key, axis=0, return_inverse=True)
-        offsets = np.concatenate([[0], np.cumsum(count)])
-        for g, (gr, gfirst, gn) in enumerate(groups):
-            members = np.flatnonzero(inverse.reshape(-1) == g)
-            rows = torch.from_numpy((offsets[members][:, None] + np.arange(gn)).reshape(-1))
-            new = mel[rows.to(dev)].view(members.size, int(gn), cfg.n_mels)  # [B, n, n_mels]
-            updates += self._run_group(slots[members], new, int(gr), bool(gfirst), length[members], ended[members])
-        return updates
+        return mel
 
     def _run_group(self, slots, new, r, first, length, ended) -> list[Update]:
         cfg, dev, cache = self.cfg, self.device, self.cache
@@ -499,16 +495,18 @@ class Engine:
         self._next_mel[slots] += n
         self._steps[slots] += 1
         self._valid_frames[slots] += t_out
-        hop, half = cfg.hop_length, cfg.n_fft // 2
-        frame_ms = cfg.frame_ms
+        hop, half, frame_ms = cfg.hop_length, cfg.n_fft // 2, cfg.frame_ms
+        utt_start = self._utt_start[slots]
+        # per stream, computed for all at once: the utterance's start in ms, and the samples this chunk needed (mel
+        # frame m is complete once sample hop * m + n_fft // 2 - 1 of the utterance has arrived)
+        start_ms = (utt_start * 1000 // cfg.sample_rate).tolist()
+        needed = (utt_start + np.minimum(length, (self._next_mel[slots] - 1) * hop + half)).tolist()
         updates = []
-        for i, slot in enumerate(slots):
+        for i, slot in enumerate(slots.tolist()):
             s = self._by_slot[slot]
-            start_ms = int(self._utt_start[slot]) * 1000 // cfg.sample_rate
-            new_toks = toks[i]
-            ms = [start_ms + f * frame_ms for f in stamps[i]]
-            text = ""
+            new_toks, text, ms = toks[i], "", []
             if new_toks:
+                ms = [start_ms[i] + f * frame_ms for f in stamps[i]]
                 text = self.tokenizer.decode_delta(s.tokens[-DETOKENIZE_CONTEXT:], new_toks)
                 s.tokens += new_toks
                 s.stamps_ms += ms
@@ -517,14 +515,13 @@ class Engine:
             if self.keep_encoder_outputs:
                 s.encoder_outputs.append(out[i, :t_out].float().cpu())  # [T, D]
                 s.features.append(new[i].cpu())  # [n, n_mels]
-            # mel frame m is complete once sample hop * m + n_fft // 2 - 1 of the utterance has arrived
-            needed = int(self._utt_start[slot]) + min(int(length[i]), int(self._next_mel[slot] - 1) * hop + half)
-            # endpointing: enough frames without a token after a token ends the utterance where the decoded audio
-            # ends (hop * m + n_fft // 2 - hop samples: every frame fed so far read only samples before it)
-            if (self._endpoint_frames[slot] and self._last_token[slot] >= 0
-                    and self._valid_frames[slot] - 1 - self._last_token[slot] >= self._endpoint_frames[slot]):
-                self._endpoint(s, int(self._utt_start[slot]) + int(self._next_mel[slot]) * hop + half - hop)
-            updates.append(Update(s, new_toks, ms, text, False, needed))
+            updates.append(Update(s, new_toks, ms, text, False, needed[i]))
+        # endpointing: enough frames without a token after a token ends the utterance where the decoded audio ends
+        # (hop * m + n_fft // 2 - hop samples: every frame fed so far read only samples before it)
+        ep = self._endpoint_frames[slots]
+        last = self._last_token[slots]
+        for k in np.flatnonzero((ep > 0) & (last >= 0) & (self._valid_frames[slots] - 1 - last >= ep)).tolist():
+            self._endpoint(self._by_slot[slots[k]], int(utt_start[k] + self._next_mel[slots[k]] * hop + half - hop))
         return updates
 
     def _endpoint(self, s: Stream, at: int) -> None:

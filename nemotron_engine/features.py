@@ -23,15 +23,20 @@ def frames_ready(cfg, n_samples: np.ndarray, ended: np.ndarray) -> np.ndarray:
     return np.where(ended, n_samples // cfg.hop_length + 1, live)
 
 
-def window_offsets(cfg, frames: torch.Tensor) -> torch.Tensor:
-    """Original-sample index of the first of the n_fft + 1 samples each frame reads (its window and the sample before,
-    for pre-emphasis): frames [N] -> [N]."""
-    return frames * cfg.hop_length - cfg.n_fft // 2 - 1
+def span_start(cfg, frame):
+    """Signal index of the first sample frames `frame`, `frame` + 1, ... read: frame * hop - n_fft // 2, and the one
+    before it, for pre-emphasis (ints, numpy or torch)."""
+    return frame * cfg.hop_length - cfg.n_fft // 2 - 1
+
+
+def span_length(cfg, n_frames: int) -> int:
+    """Samples n consecutive frames read, the one before the first included: (n - 1) * hop + n_fft + 1."""
+    return (n_frames - 1) * cfg.hop_length + cfg.n_fft + 1
 
 
 def preemphasize(x: torch.Tensor, valid: torch.Tensor, preemph: float) -> torch.Tensor:
-    """Pre-emphasised windows: x [N, n_fft + 1] raw samples (the one before the window first), valid [N, n_fft + 1]
-    where the sample is part of the signal -> y [N, n_fft], zero outside the signal (STFT padding).
+    """Pre-emphasised spans: x [B, S] raw samples (the one before the span first), valid [B, S] where the sample is
+    part of the signal -> y [B, S - 1], zero outside the signal (the STFT's padding).
 
     Samples before the signal's start read as zeros, so y[0] = x[0] - 0.97 * 0 = x[0] exactly, NeMo's first sample.
     """
@@ -41,19 +46,24 @@ def preemphasize(x: torch.Tensor, valid: torch.Tensor, preemph: float) -> torch.
 
 
 def log_mel(cfg, frontend: dict, y: torch.Tensor) -> torch.Tensor:
-    """Log-mel of pre-emphasised windows y [N, n_fft] -> [N, n_mels] (float32)."""
-    if y.shape[0] == 0:
-        return y.new_zeros(0, cfg.n_mels)
+    """Log-mel of the consecutive frames of pre-emphasised spans y [B, (n - 1) * hop + n_fft] -> [B, n, n_mels]
+    (float32). Each frame is computed from its own n_fft samples only: the same bits whatever else is in the call."""
+    b = y.shape[0]
+    n = (y.shape[1] - cfg.n_fft) // cfg.hop_length + 1
+    if b == 0 or n <= 0:
+        return y.new_zeros(b, max(n, 0), cfg.n_mels)
     spec = torch.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
-                      window=frontend["window"].to(y.device), center=False, return_complex=True)  # [N, F, 1]
-    mag = torch.sqrt(torch.view_as_real(spec[..., 0]).pow(2).sum(-1))  # [N, F]
+                      window=frontend["window"].to(y.device), center=False, return_complex=True)  # [B, F, n]
+    mag = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1))  # [B, F, n]
     if cfg.mag_power != 1.0:
         mag = mag.pow(cfg.mag_power)
     # NeMo: torch.matmul(fb, power) in float32, whose rounding depends on how many frames share the call (gemv for
     # one frame, blocked gemm for many). Accumulating in float64 and rounding once makes every frame independent of
     # the others in the call; it stays within an ulp of NeMo's whole-file features.
+    # One [B n, F] x [F, n_mels] product (not B small ones): a frame's row is the same whatever rows share it.
     fb64 = frontend["fb"].to(device=y.device, dtype=torch.float64)  # [n_mels, F]
-    mel = torch.matmul(mag.to(torch.float64), fb64.T).to(torch.float32)  # [N, n_mels]
+    rows = mag.transpose(1, 2).reshape(b * n, -1).to(torch.float64)  # [B n, F]
+    mel = torch.matmul(rows, fb64.T).to(torch.float32).view(b, n, -1)  # [B, n, n_mels]
     return torch.log(mel + cfg.log_zero_guard)
 
 
@@ -61,10 +71,10 @@ def whole_file_features(cfg, frontend: dict, pcm: torch.Tensor) -> torch.Tensor:
     """All features of a complete signal at once -> [L // 160 + 1, n_mels] (what NeMo's streaming buffer holds)."""
     x = pcm.to(torch.float32).flatten()
     n = x.numel()
-    frames = torch.arange(n // cfg.hop_length + 1)
-    idx = window_offsets(cfg, frames).unsqueeze(1) + torch.arange(cfg.n_fft + 1)  # [T, n_fft + 1]
-    valid = (idx >= 0) & (idx < n)
-    out = log_mel(cfg, frontend, preemphasize(x[idx.clamp(0, max(n - 1, 0))] if n else torch.zeros(idx.shape),
-                                              valid, cfg.preemph))
+    frames = n // cfg.hop_length + 1
+    pos = span_start(cfg, 0) + torch.arange(span_length(cfg, frames))  # signal index of each sample read
+    valid = (pos >= 0) & (pos < n)
+    raw = x[pos.clamp(0, max(n - 1, 0))] if n else torch.zeros(pos.shape)
+    out = log_mel(cfg, frontend, preemphasize(raw.unsqueeze(0), valid.unsqueeze(0), cfg.preemph))[0]
     out[-1] = cfg.pad_value  # NeMo masks frames t >= seq_len = L // hop: the last STFT frame is the pad value
     return out
