@@ -436,9 +436,13 @@ class Engine:
         # a stream finished after its last utterance was already closed (nothing more to decode)
         for slot in slots[~ended & ~ready]:
             s = self._by_slot[slot]
-            if s is not None and s.input_done and not s._cuts and not s.done:
-                s.done = s.final_reported = True
-                self._live[slot] = False
+            with self._lock:  # finish() may have cut an utterance since the snapshot: then it is not final yet
+                final = (s is not None and s.input_done and not s._cuts and not s.done
+                         and self._cut_at[slot] < 0)
+                if final:
+                    s.done = s.final_reported = True
+                    self._live[slot] = False
+            if final:
                 updates.append(Update(s, [], [], "", True, s.samples))
         return updates
 

@@ -189,7 +189,7 @@ def test_pushes_from_other_threads(nemotron_like):
         pos = 0
         try:
             while pos < len(audio):
-                n = min(rng.choice([1, 160, 3000]), s.room(), len(audio) - pos)
+                n = min(rng.choice([7, 160, 3000]), s.room(), len(audio) - pos)
                 if n:
                     s.push(audio[pos: pos + n])
                     pos += n
