@@ -3,10 +3,12 @@ tested against its reference (tests/test_cpu_ops.py) and bit-for-bit batch invar
 
 - `linear`: products on weights prepacked once at load (`pack_model`) into oneDNN's blocked layout. torch's CPU
   `F.linear` goes to MKL's sgemm, which is slow on the few rows of a streaming step (M = streams x chunk frames; our
-  reading, not verified: it packs the whole weight matrix on every call); the prepacked product runs the full-size
-  engine 1.4-2.3x faster at 2 to 8 streams on a 2-core AMD EPYC (README, Benchmarks: `nemotron-engine bench
-  --no-nemo --backend cpu` against `--backend torch`). It is also row-invariant (a row's result does not depend on
-  the other rows in the call), which MKL's is not; it differs from F.linear by fp32 rounding (about 1e-6 relative).
+  reading, not verified: it packs the whole weight matrix on every call); the prepacked product ran the full-size
+  engine 1.4-2.3x faster at 2 to 8 streams on a 2-core AMD EPYC (README, Benchmarks: measured with `nemotron-engine
+  bench --no-nemo` with and without prepacking, before the op table existed; `--backend torch` is not that
+  comparison, it also drops the other CPU ops). It is also row-invariant (a row's result does not depend on the
+  other rows in the call, tests/test_linear.py), which MKL's is not; it differs from F.linear by fp32 rounding
+  (about 1e-6 relative).
 - `conv_stages_nhwc`: the subsampling's conv stages channels last (the first conv as one product of 3x3 patches,
   the depthwise convs on oneDNN's channels-last kernels, the masks in place and only where a value can change), one
   stream at a time, so the intermediates stay in cache and a stream never shares a product with another stream.

@@ -313,7 +313,7 @@ class Engine:
 
     def _room(self, slot: int) -> int:
         # the ring keeps the samples from the first one the next frame reads (its window, the sample before)
-        keep_from = int(self._utt_start[slot] + self._next_mel[slot] * self.cfg.hop_length) - self.cfg.n_fft // 2 - 1
+        keep_from = int(self._utt_start[slot] + span_start(self.cfg, self._next_mel[slot]))
         return max(self.cache.pcm_ring - int(self._pushed[slot] - max(keep_from, 0)), 0)
 
     def _write(self, s: Stream, x: np.ndarray) -> None:
