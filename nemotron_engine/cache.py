@@ -8,7 +8,9 @@
 - Fixed slots per stream: the conv cache `conv[L, S, D, K-1]`, the decoder state (LSTM `h`, `c`
   `[layers, S, H]`, last label `[S]`, projected decoder output `pred[S, J]`), the frame position of the next chunk
   `frames[S]` (padded frames included), the last 9 mel frames `mel[S, 9, n_mels]` (the next chunk's pre-encode
-  cache) and, on the host, the stream's raw audio in a ring `pcm[S, ring]` (sample i of the stream at i % ring).
+  cache) and, on the host, the stream's raw audio in a ring `pcm[S, ring + mirror]` (sample i of the stream at
+  i % ring; the ring's first `mirror` samples repeated after its end, so that any span of up to `mirror` samples
+  starting anywhere in the ring is contiguous: a step reads each stream's span as one row of a strided view).
 Opening a stream takes a slot and pages from free lists and clears them; `reset` clears them again for a new
 utterance; closing returns them. None of these allocates or moves another stream's data.
 """
@@ -41,7 +43,8 @@ def pages_per_stream(cfg, page_size: int = PAGE_SIZE) -> int:
     return math.ceil((cfg.left_context + max(cfg.lookaheads) + 1) / page_size)
 
 
-def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE, pcm_ring: int = 0) -> int:
+def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE, pcm_ring: int = 0,
+                     pcm_mirror: int = 0) -> int:
     """Pool bytes per stream (device and host together)."""
     e = torch.empty(0, dtype=dtype).element_size()
     kv = 2 * cfg.n_layers * pages_per_stream(cfg, page_size) * page_size * cfg.d_model * e
@@ -49,14 +52,14 @@ def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE, pcm_ri
     dec = (2 * cfg.pred_rnn_layers * cfg.pred_hidden + cfg.joint_hidden) * e + 8 + 8  # h, c, pred, label, frames
     page_table = pages_per_stream(cfg, page_size) * 8
     mel = PRE_ENCODE_CACHE * cfg.n_mels * 4
-    return kv + conv + dec + page_table + mel + pcm_ring * 4
+    return kv + conv + dec + page_table + mel + (pcm_ring + pcm_mirror) * 4
 
 
 class StreamCache:
     """Preallocated state for up to `max_streams` streams (see the module docstring)."""
 
     def __init__(self, cfg, max_streams: int, dtype: torch.dtype, device="cpu", page_size: int = PAGE_SIZE,
-                 pcm_ring: int = 0):
+                 pcm_ring: int = 0, pcm_mirror: int = 0):
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
         self.cfg = cfg
@@ -75,10 +78,14 @@ class StreamCache:
         self.label = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S]
         self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] next chunk's frame position
         self.mel = torch.zeros(max_streams, PRE_ENCODE_CACHE, cfg.n_mels, device=device)  # [S, 9, n_mels] float32
-        # [S, ring] float32 raw audio on the host (pinned, for one asynchronous copy per step, when a GPU is there)
+        # [S, ring + mirror] float32 raw audio on the host (pinned, for one asynchronous copy per step, when a GPU
+        # is there)
+        if pcm_mirror > pcm_ring:
+            raise ValueError(f"pcm_mirror ({pcm_mirror}) must not exceed pcm_ring ({pcm_ring})")
         pin = torch.device(device).type == "cuda"
-        self.pcm = torch.zeros(max_streams, pcm_ring, pin_memory=pin)
+        self.pcm = torch.zeros(max_streams, pcm_ring + pcm_mirror, pin_memory=pin)
         self.pcm_ring = pcm_ring
+        self.pcm_mirror = pcm_mirror
         self.table = torch.zeros(max_streams, self.pages_per_stream, dtype=torch.int64, device=device)
         self._window = self.k.new_empty(2, 0, D)  # gather_window's workspace
         self._free_slots = list(range(max_streams - 1, -1, -1))

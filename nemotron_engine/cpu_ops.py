@@ -9,9 +9,12 @@ tested against its reference (tests/test_cpu_ops.py) and bit-for-bit batch invar
   comparison, it also drops the other CPU ops). It is also row-invariant (a row's result does not depend on the
   other rows in the call, tests/test_linear.py), which MKL's is not; it differs from F.linear by fp32 rounding
   (about 1e-6 relative).
-- `conv_stages_nhwc`: the subsampling's conv stages channels last (the first conv as one product of 3x3 patches,
-  the depthwise convs on oneDNN's channels-last kernels, the masks in place and only where a value can change), one
-  stream at a time, so the intermediates stay in cache and a stream never shares a product with another stream.
+- `conv_stages_nhwc`: the subsampling's conv stages channels last, for the whole batch at once: the first conv as
+  one prepacked product of 3x3 patches, the depthwise convs on oneDNN's channels-last depthwise kernel (one output
+  is its 9 taps summed in the kernel's fixed order whatever the batch; tests/test_subsample.py checks it bit for bit
+  over batch sizes), the pointwise convs as prepacked products (row-invariant), the masks in place and only where a
+  value can change (nowhere in a full chunk). Without prepacked products (a torch without oneDNN packing) it runs
+  one stream at a time, since MKL's products are not row-invariant.
 - `rel_attention_per_stream`: one product per stream, batched over the heads and read straight from the keys' and
   values' interleaved rows (no transposed copies). MKL rounds a batched product differently with the batch size
   (torch.bmm over B streams differs from the same stream alone at T = 7), and a flipped near tie changes the tokens.
@@ -72,19 +75,32 @@ def pack_linears(w: dict, names: list[str]) -> int:
     return done
 
 
+# the subsampling's convolutions that are products: conv0 (1 -> C channels over a 3x3 patch) and the pointwise ones
+CONV_PRODUCTS = ["conv0", "pw1", "pw2"]
+
+
+def pack_conv_products(w: dict) -> int:
+    """Prepack the subsampling's conv products as matrices, w[name + ".matrix" + PACKED] ([C_out, C_in x kh x kw]),
+    beside the 4-D weights (small; the reference form of other dtypes reads those) -> bytes packed."""
+    mats = {f"{n}.matrix": w[f"{n}.weight"].flatten(1) for n in CONV_PRODUCTS if f"{n}.weight" in w}
+    done = pack_linears(mats, list(mats))
+    w.update({k: v for k, v in mats.items() if k.endswith(PACKED)})
+    return done
+
+
 def pack_model(model) -> int:
     """Prepack a float32 CPU model's products in place -> bytes packed (0 for other dtypes and devices, or a torch
     without oneDNN packing). The dense copies are dropped from every dict that held them, so memory does not double."""
     if model.device.type != "cpu" or model.dtype != torch.float32 or not packing_available():
         return 0
     # (the dict the products read, the weights packed there, the other dicts holding the same tensors under a prefix)
+    done = pack_conv_products(model.sub)
     groups = [(model.sub, ["out.weight"], [(model.w, "subsample.")]),
               (model.joint, JOINT_LINEARS, [(model.w, "joint.")]),
               (model.dec, decoder_linears(model.cfg), [(model.w, "decoder.")])]
     for i, lw in enumerate(model.layers):
         groups.append((lw, LAYER_LINEARS, [(model.w, f"layers.{i}.")]))
         groups.append((lw["conv"], CONV_LINEARS, [(model.w, f"layers.{i}.conv."), (lw, "conv.")]))
-    done = 0
     for d, names, aliases in groups:
         done += pack_linears(d, names)
         for alias, prefix in aliases:
@@ -146,13 +162,16 @@ def _depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return y[:, :, : t // 2 + 1, : f // 2 + 1].permute(0, 2, 3, 1)
 
 
-def _pointwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """1x1 conv over the channels of x [B, T, F, C] -> [B, T, F, C_out] (contiguous)."""
-    return F.linear(x, weight.flatten(1), bias).contiguous()
+def _product(x: torch.Tensor, w: dict, name: str) -> torch.Tensor:
+    """x [..., C_in x kh x kw] times the conv `name`'s weight as a matrix (prepacked when packed) -> [..., C_out]."""
+    packed = w.get(name + ".matrix" + PACKED)
+    if packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, w.get(name + ".bias"), "none", [], "")
+    return F.linear(x, w[name + ".weight"].flatten(1), w.get(name + ".bias"))
 
 
-def _stream_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> torch.Tensor:
-    """The three conv stages for one stream, mel [1, T, F] -> [1, T3, C * F3] (flatten index c * F3 + f)."""
+def _stages_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> torch.Tensor:
+    """The three conv stages, mel [B, T, F] -> [B, T3, C * F3] (flatten index c * F3 + f)."""
     b = mel.shape[0]
     n1 = n2 = n3 = None
     if lengths is not None:
@@ -161,28 +180,31 @@ def _stream_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> to
         n3 = n2 // 2 + 1
         mel = _mask_time_(mel.clone(), lengths)
     # conv0, 1 -> C channels: every output is one 3x3 patch of the padded input times the 9 weights of a channel
-    w0 = w["conv0.weight"]
-    c = w0.shape[0]
     patches = F.pad(mel, (2, 1, 2, 1)).unfold(1, 3, 2).unfold(2, 3, 2)  # [B, T1, F1, 3 (time), 3 (freq)]
     _, t1, f1 = patches.shape[:3]
-    x = F.linear(patches.reshape(-1, 9), w0.view(c, 9), w.get("conv0.bias")).view(b, t1, f1, c)
+    x = _product(patches.reshape(b, t1 * f1, 9), w, "conv0").view(b, t1, f1, -1)
     x = _mask_time_(x, n1).relu_()  # NeMo's masks before the ReLU and before dw1 (the second changes nothing)
     x = _depthwise_nhwc(x, w["dw1.weight"], w.get("dw1.bias"))
-    x = _pointwise_nhwc(_mask_time_(x.contiguous(), n2), w["pw1.weight"], w.get("pw1.bias"))
+    x = _product(_mask_time_(x.contiguous(), n2), w, "pw1")
     x = _mask_time_(x, n2).relu_()
     x = _depthwise_nhwc(x, w["dw2.weight"], w.get("dw2.bias"))
-    x = _pointwise_nhwc(_mask_time_(x.contiguous(), n3), w["pw2.weight"], w.get("pw2.bias"))
+    x = _product(_mask_time_(x.contiguous(), n3), w, "pw2")
     x = _mask_time_(x, n3).relu_()  # [B, T3, F3, C]; the final mask of NeMo changes nothing either
     return x.permute(0, 1, 3, 2).reshape(b, x.shape[1], -1)  # [B, T3, C * F3]
 
 
 def conv_stages_nhwc(mel: torch.Tensor, lengths: torch.Tensor | None, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """`reference.subsample.conv_stages` in channels-last layout, one stream at a time -> (y [B, T3, C * F3],
-    lengths [B]); the output Linear is the step's (prepacked) product."""
-    b = mel.shape[0]
+    """`reference.subsample.conv_stages` in channels-last layout -> (y [B, T3, C * F3], lengths [B]); the output
+    Linear is the step's (prepacked) product. The whole batch at once when the conv products are prepacked
+    (`pack_conv_products`), else one stream at a time (module docstring)."""
+    b, t = mel.shape[:2]
     if lengths is None:
-        lengths_out = torch.full((b,), subsampled_length(mel.shape[1]), dtype=torch.int64, device=mel.device)
+        lengths_out = torch.full((b,), subsampled_length(t), dtype=torch.int64, device=mel.device)
     else:
         lengths_out = subsampled_length(lengths)
-    x = torch.cat([_stream_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)])
+        if bool((lengths >= t).all()):  # a full chunk: no mask can change a value
+            lengths = None
+    if all(f"{n}.matrix{PACKED}" in w for n in CONV_PRODUCTS):
+        return _stages_nhwc(mel, lengths, w), lengths_out
+    x = torch.cat([_stages_nhwc(mel[i: i + 1], None if lengths is None else lengths[i: i + 1], w) for i in range(b)])
     return x, lengths_out

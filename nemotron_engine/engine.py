@@ -23,6 +23,7 @@ that segment's audio alone.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -96,21 +97,26 @@ class StepTimes:
 
 
 def _as_float_pcm(pcm, sample_rate: int, expected: int) -> np.ndarray:
-    """Validated samples as a float32 numpy array [N] (a view where no conversion is needed)."""
+    """Validated samples as a float32 numpy array [N] (the array itself where no conversion is needed)."""
     if sample_rate != expected:
         raise ValueError(f"expected {expected} Hz mono audio, got {sample_rate} Hz; resample first")
-    if isinstance(pcm, torch.Tensor):
-        pcm = pcm.detach().cpu().numpy()
-    if not isinstance(pcm, np.ndarray):
-        raise TypeError(f"push() takes a numpy array or torch tensor of samples, got {type(pcm).__name__}")
+    if type(pcm) is not np.ndarray:
+        if isinstance(pcm, torch.Tensor):
+            pcm = pcm.detach().cpu().numpy()
+        elif not isinstance(pcm, np.ndarray):
+            raise TypeError(f"push() takes a numpy array or torch tensor of samples, got {type(pcm).__name__}")
     if pcm.ndim != 1:
         raise ValueError(f"push() takes mono samples of shape [N], got shape {tuple(pcm.shape)}")
-    if pcm.dtype == np.int16:
+    dt = pcm.dtype
+    if dt == np.int16:
         return pcm.astype(np.float32) / np.float32(32768.0)
-    if pcm.dtype not in (np.float32, np.float64):
-        raise TypeError(f"push() takes float32 or int16 samples, got {pcm.dtype}")
-    pcm = pcm.astype(np.float32, copy=False)
-    if not np.isfinite(pcm).all():
+    if dt != np.float32:
+        if dt != np.float64:
+            raise TypeError(f"push() takes float32 or int16 samples, got {dt}")
+        pcm = pcm.astype(np.float32)
+    # a NaN or an infinity makes the sum of squares NaN or infinite (one BLAS call); only a finite signal whose sum
+    # of squares overflows takes the elementwise check
+    if not math.isfinite(pcm.dot(pcm)) and not np.isfinite(pcm).all():
         bad = int(np.flatnonzero(~np.isfinite(pcm))[0])
         raise ValueError(f"audio contains a non-finite sample ({float(pcm[bad])}) at index {bad}")
     return pcm
@@ -229,17 +235,20 @@ class Engine:
         self.max_queued_s = float(max_queued_s)
         # the ring holds the queue, plus what the next chunk still reads (its frames' windows, the sample before)
         self._max_queued = int(round(max_queued_s * cfg.sample_rate))
-        chunk = (cfg.first_chunk_mel(max(cfg.lookaheads)) + 1) * cfg.hop_length + cfg.n_fft + 1
+        # the most samples one chunk's frames read (span_length of the longest chunk): the ring holds that on top of
+        # the queue, and repeats that many of its head after its end (the mirror, cache.py)
+        r_max = max(cfg.lookaheads)
+        chunk = span_length(cfg, max(cfg.first_chunk_mel(r_max), cfg.chunk_mel(r_max)))
         ring = self._max_queued + chunk
         if max_streams is not None and memory_budget is not None:
             raise ValueError("give max_streams or memory_budget, not both")
         if memory_budget is not None:
-            per = bytes_per_stream(cfg, dtype, pcm_ring=ring)
+            per = bytes_per_stream(cfg, dtype, pcm_ring=ring, pcm_mirror=chunk)
             max_streams = memory_budget // per
             if max_streams < 1:
                 raise ValueError(f"memory_budget {memory_budget} bytes holds no stream ({per} bytes per stream)")
         self.cache = StreamCache(cfg, 64 if max_streams is None else max_streams, dtype, device=self.device,
-                                 pcm_ring=ring)
+                                 pcm_ring=ring, pcm_mirror=chunk)
         S = self.cache.max_streams
         self._pcm = self.cache.pcm.numpy()  # the ring, as numpy: push() copies into it without torch's per-op cost
         # per-slot counters, in stream samples / mel frames / encoder frames of the open utterance
@@ -312,9 +321,10 @@ class Engine:
             self.cache.close(s.slot)
 
     def _room(self, slot: int) -> int:
-        # the ring keeps the samples from the first one the next frame reads (its window, the sample before)
-        keep_from = int(self._utt_start[slot] + span_start(self.cfg, self._next_mel[slot]))
-        return max(self.cache.pcm_ring - int(self._pushed[slot] - max(keep_from, 0)), 0)
+        # the ring keeps the samples from the first one the next frame reads (its window, the sample before);
+        # Python ints, not numpy scalars: this runs on every push
+        keep_from = int(self._utt_start[slot]) + span_start(self.cfg, int(self._next_mel[slot]))
+        return max(self.cache.pcm_ring - (int(self._pushed[slot]) - max(keep_from, 0)), 0)
 
     def _write(self, s: Stream, x: np.ndarray) -> None:
         n = x.size
@@ -336,6 +346,12 @@ class Engine:
             row[at: at + first] = x[:first]
             if first < n:
                 row[: n - first] = x[first:]
+            # the ring's head repeated after its end (the mirror), where this write touched it
+            mirror = self.cache.pcm_mirror
+            if at < mirror:
+                row[ring + at: ring + min(at + first, mirror)] = x[: min(first, mirror - at)]
+            if first < n:
+                row[ring: ring + min(n - first, mirror)] = x[first: first + min(n - first, mirror)]
             self._pushed[s.slot] += n
 
     def _cut(self, s: Stream, finish: bool) -> None:
@@ -465,14 +481,21 @@ class Engine:
         ring = self.cache.pcm_ring
         span = span_length(cfg, n)
         start = span_start(cfg, self._next_mel[slots])  # [B] utterance sample of each span's first
-        pos = torch.from_numpy(start).unsqueeze(1) + torch.arange(span)  # [B, span] utterance sample index
-        end = torch.from_numpy(np.where(ended, length, np.iinfo(np.int64).max)).unsqueeze(1)
-        valid = (pos >= 0) & (pos < end)
-        base = torch.from_numpy(slots * ring).unsqueeze(1)
-        idx = base + (pos + torch.from_numpy(self._utt_start[slots]).unsqueeze(1)) % ring  # [B, span] in the ring
-        x = self.cache.pcm.view(-1)[idx]
+        # each span is one contiguous row of the mirrored ring (cache.py), starting at its first sample's place
+        at = (self._utt_start[slots] + start) % ring
+        rows = self.cache.pcm.unfold(1, span, 1)  # [S, ring + mirror - span + 1, span] (a view)
+        x = rows[torch.from_numpy(slots), torch.from_numpy(at)]  # [B, span]
+        # samples outside the utterance (before its start, after its end) read as the STFT's zero padding; in
+        # steady state no span reaches outside, and nothing is masked
+        inside = (start >= 0) & (~ended | (start + span <= length))
+        valid = None
+        if not inside.all():
+            pos = torch.from_numpy(start).unsqueeze(1) + torch.arange(span)  # [B, span] utterance sample index
+            end = torch.from_numpy(np.where(ended, length, np.iinfo(np.int64).max)).unsqueeze(1)
+            valid = (pos >= 0) & (pos < end)
         if dev.type != "cpu":
-            x, valid = x.to(dev, non_blocking=True), valid.to(dev, non_blocking=True)
+            x = x.to(dev, non_blocking=True)
+            valid = None if valid is None else valid.to(dev, non_blocking=True)
         mel = log_mel(cfg, self.model.frontend, preemphasize(x, valid, cfg.preemph))  # [B, n, n_mels]
         # NeMo sets the frame at index L // hop of an ended signal (its last) to the pad value
         last = length // cfg.hop_length - self._next_mel[slots]  # [B] its index among the new frames

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import models
 from nemotron_engine import Engine
-from nemotron_engine.cpu_ops import (CONV_LINEARS, JOINT_LINEARS, LAYER_LINEARS, PACKED, decoder_linears, linear,
+from nemotron_engine.cpu_ops import (CONV_LINEARS, CONV_PRODUCTS, JOINT_LINEARS, LAYER_LINEARS, PACKED, decoder_linears, linear,
                                      pack_linears, pack_model, packing_available)
 from nemotron_engine.model import Model
 from tolerances import assert_close
@@ -65,7 +65,10 @@ def test_model_packs_on_cpu_fp32_only():
     products |= {"subsample.out.weight"} | {f"joint.{n}" for n in JOINT_LINEARS}
     products |= {f"decoder.{n}" for n in decoder_linears(dense.cfg)}
     assert products <= set(dense.w) and not products & set(packed.w), sorted(products & set(packed.w))
-    assert packed.packed_bytes == sum(dense.w[k].numel() * 4 for k in products)
+    # the subsampling's conv products, packed as matrices beside their (small) 4-D weights
+    convs = {f"subsample.{n}.weight" for n in CONV_PRODUCTS}
+    assert all(f"{n}.matrix" + PACKED in packed.sub for n in CONV_PRODUCTS) and convs <= set(packed.w)
+    assert packed.packed_bytes == sum(dense.w[k].numel() * 4 for k in products | convs)
     bf16 = Model.load(out, dtype=torch.bfloat16)
     assert pack_model(bf16) == 0 and bf16.packed_bytes == 0
 

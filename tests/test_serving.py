@@ -6,6 +6,7 @@ shifted by the segment's start), whatever the cut points, lookaheads and piece s
 """
 import random
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -143,6 +144,11 @@ def test_queue_is_bounded():
     assert s.room() == 17 * 160 - 256 - 1
     with pytest.raises(ValueError, match="max_queued_s must be > 0"):
         Engine(out, max_queued_s=0)
+    # the smallest queue still holds a whole chunk's samples, and a signal many times the ring's length (its mirror
+    # wrapping at every offset) streams as with the default queue
+    tiny = Engine(out, max_queued_s=0.001)
+    audio = np.concatenate([a for _, a in models.corpus()[:3]])
+    assert tiny.transcribe(audio, 1120).tokens == Engine(out).transcribe(audio, 1120).tokens
     with pytest.raises(ValueError, match="endpoint_ms must be a positive multiple of 80 ms"):
         engine.open_stream(80, endpoint_ms=100)
 
@@ -193,6 +199,8 @@ def test_pushes_from_other_threads(nemotron_like):
                 if n:
                     s.push(audio[pos: pos + n])
                     pos += n
+                else:  # the queue is full: wait for the stepping thread, as a live source would (no busy loop)
+                    time.sleep(0.002)
             s.finish()
         except Exception as e:  # reported below
             errors.append(e)

@@ -50,22 +50,36 @@ def test_nhwc_equals_nchw(b, t, n_mels, c, padded, bias):
         lengths = torch.randint(0, t + 1, (b,))
         lengths[0] = t // 2
     ref, n_ref = S.subsample(mel, lengths, w)
-    out, n = subsample_nhwc(mel, lengths, w)
-    assert torch.equal(n, n_ref)
-    assert_close("subsample_nhwc", ref, out)
+    packed = dict(w)
+    assert cpu_ops.pack_conv_products(packed) > 0  # the whole batch in one pass (the engine's form)
+    for ww in (w, packed):
+        out, n = subsample_nhwc(mel, lengths, ww)
+        assert torch.equal(n, n_ref)
+        assert_close("subsample_nhwc", ref, out)
 
 
 def test_batch_invariance():
-    """Each stream alone gives its rows of the batch bit for bit (with the final product prepacked, as the engine
-    runs it: row-invariant, unlike MKL's F.linear)."""
-    torch.manual_seed(7)
-    w = weights(16, 40, 32, True)
-    assert cpu_ops.pack_linears(w, ["out.weight"]) > 0
-    for t in (25, 33):
-        mel = torch.randn(9, t, 40)
-        batch, _ = subsample_nhwc(mel, None, w)
-        alone = torch.cat([subsample_nhwc(mel[i: i + 1], None, w)[0] for i in range(9)])
-        assert torch.equal(batch, alone)
+    """Each stream alone gives its rows of the batch bit for bit, with the products prepacked as the engine runs them
+    (the whole batch in one pass: row-invariant products, oneDNN's depthwise kernel), at every batch size up to 40
+    and in batches of 300, with and without padded streams, for the CPU backend's shapes (micro model, demo model,
+    full size). Unpacked (one stream at a time) it holds trivially; it is checked too."""
+    for c, n_mels, t in ((4, 128, 9), (64, 128, 25), (256, 128, 9), (16, 40, 33)):
+        torch.manual_seed(c + t)
+        w = weights(c, n_mels, 32, True)
+        dense = dict(w)
+        assert cpu_ops.pack_linears(w, ["out.weight"]) > 0 and cpu_ops.pack_conv_products(w) > 0
+        for b in list(range(1, 41)) + [300]:
+            if c == 256 and b not in (1, 2, 7, 40, 300):  # the full-size shape: a few sizes (time)
+                continue
+            mel = torch.randn(b, t, n_mels)
+            lengths = torch.full((b,), t) if b % 3 else torch.randint(t // 2, t + 1, (b,))
+            for form, ww in ((b == 7, dense), (True, w)):
+                if not form:
+                    continue
+                batch, _ = cpu_ops.conv_stages_nhwc(mel, lengths, ww)
+                alone = torch.cat([cpu_ops.conv_stages_nhwc(mel[i: i + 1], lengths[i: i + 1], ww)[0]
+                                   for i in range(b)])
+                assert torch.equal(batch, alone), (c, t, b)
 
 
 def test_dispatch():
