@@ -13,8 +13,11 @@ The schedule (`run_load`). Stream i (of N) arrives at t0 + i * P / N, P the chun
 `push_ms` of audio every `push_ms`, as a live source does: packet k (samples [k p, (k+1) p)) arrives at
 arrival_i + (k + 1) push_ms, the moment its last sample exists. The audio is the given recordings concatenated and
 looped; stream i starts i / N of the way into the loop. One loop in the calling thread alternates "push every
-packet that is due" and `engine.step()`; it sleeps only when a step returned nothing (no chunk was ready), until the
-next packet is due. After `duration_s` no more packets are delivered; the loop steps until no chunk is ready, then
+packet that is due" and `engine.step()`, as a server's stepping loop would. It starts a step at most once per batch
+window (`batch_wait` x the chunk period, 0.25 by default), so that the chunks that became ready meanwhile share one
+batched step instead of each paying a step's fixed cost alone (streams arrive spread over the period); inside the
+window, and when a step returned nothing (no chunk was ready), it sleeps until the next packet is due or the window
+ends. The window adds at most that much to a chunk's latency; `--batch-wait 0` steps as soon as any chunk is ready. After `duration_s` no more packets are delivered; the loop steps until no chunk is ready, then
 (with `final_latency`) calls `finish()` on every stream and steps until each has turned final, and closes them.
 
 Chunk latency. Every update the engine returns decodes one chunk and says, in `needed_samples`, how many samples of
@@ -65,6 +68,7 @@ from .engine import Engine
 from .ops import Ops, get_ops
 
 DEFAULT_PUSH_MS = 80
+BATCH_WAIT = 0.0  # default of run_load's batch window, a fraction of the chunk period (0: step as soon as a chunk is ready)
 LATE_FRACTION_MAX = 0.001  # realtime_ok: at most 0.1 % of chunks late
 LAG_GROWTH_MAX = 0.5  # realtime_ok: the lag may grow by less than half a chunk period over the run
 
@@ -175,7 +179,8 @@ def _stats(x_ms) -> dict:
 def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s: float, audio=None, *,
              push_ms: float = DEFAULT_PUSH_MS, device="cpu", dtype="float32", backend=None,
              time_ops: bool | None = None, op_timer: Timer | None = None, final_latency: bool = True,
-             warmup: bool = True, drain_limit_s: float | None = None, abort_latency_ms: float | None = None) -> dict:
+             warmup: bool = True, drain_limit_s: float | None = None, abort_latency_ms: float | None = None,
+             batch_wait: float = BATCH_WAIT) -> dict:
     """N live streams for `duration_s` of wall time (see the module docstring for the schedule and every figure)
     -> the report (a dict of plain numbers, JSON-ready; `realtime_ok` and `failures` included).
 
@@ -187,11 +192,15 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
     the loop may go on returning chunks that were already due (default max(2 s, 2 periods, 25 % of the run));
     past it the run counts as not real time (`backlog_unfinished`). abort_latency_ms: stop early once a chunk is
     this late (default max(10 s, 20 periods)): the run is then not real time (`aborted`).
+    batch_wait: the loop starts a step at most once per batch_wait x the chunk period (`batch_window_s`), so that
+    the chunks that became ready meanwhile share it (0: step as soon as any chunk is ready).
     """
     if n_streams < 1:
         raise ValueError(f"n_streams must be at least 1, got {n_streams}")
     if duration_s <= 0:
         raise ValueError(f"duration_s must be positive, got {duration_s}")
+    if not 0 <= batch_wait < 1:
+        raise ValueError(f"batch_wait must be in [0, 1) (a fraction of the chunk period), got {batch_wait}")
     if isinstance(engine_or_model_dir, (str, Path)):
         engine, op_timer = make_engine(engine_or_model_dir, n_streams, device, dtype, backend, time_ops)
     else:
@@ -261,6 +270,8 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
         engine.times.reset()
         cpu_thread0, cpu_proc0 = time.thread_time(), time.process_time()
         t0 = clock()
+        window = batch_wait * chunk_s
+        next_step = 0.0  # the earliest the next step may start (relative to t0)
         while True:
             t_a = clock()
             now = t_a - t0
@@ -286,10 +297,18 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
                 heapq.heappush(heap, h)
             t_b = clock()
             times["push"] += t_b - t_a
+            if t_b - t0 < next_step:  # inside the batch window: sleep to the next packet or the window's end
+                wake = min(heap[0][0] if heap else duration_s, next_step, duration_s)
+                pause = wake - (clock() - t0)
+                if pause > 0:
+                    time.sleep(pause)
+                    times["idle"] += pause
+                continue
             updates = engine.step()
             t_c = clock()
             if updates:
                 record(updates, t_c - t0)
+                next_step = (t_b - t0) + window
             else:
                 counts["idle_steps"] += 1
                 wake = min(heap[0][0] if heap else duration_s, duration_s)
@@ -346,6 +365,7 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
     late = int((lat_ms > chunk_ms).sum())
     rep = {
         "n_streams": n, "lookahead_ms": int(lookahead_ms), "chunk_ms": chunk_ms, "push_ms": push_s * 1000,
+        "batch_wait": batch_wait, "batch_window_ms": batch_wait * chunk_ms,
         "duration_s": float(duration_s), "wall_s": wall,
         "steps": step_times.steps, "idle_steps": counts["idle_steps"], "stream_steps": step_times.stream_steps,
         "updates": counts["updates"], "refused_pushes": counts["refused_pushes"],
@@ -661,6 +681,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds per run (default 60, the capacity rule's minimum)")
     p.add_argument("--push-ms", type=float, default=DEFAULT_PUSH_MS,
                    help=f"audio packet length: each stream delivers one every push-ms (default {DEFAULT_PUSH_MS})")
+    p.add_argument("--batch-wait", type=float, default=BATCH_WAIT,
+                   help=f"the loop steps at most once per this fraction of the chunk period, so that chunks ready "
+                        f"meanwhile share a step (default {BATCH_WAIT}; 0: step as soon as any chunk is ready)")
     p.add_argument("--audio", nargs="*", default=None, help="recordings to loop (default: the demo's examples)")
     p.add_argument("--out", default="loadtest-out", help="output directory: loadtest.json, loadtest.png")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -722,6 +745,7 @@ def cli_run(args) -> int:
         doc = {"command": _command_line(args), "machine": machine_info(),
                "settings": {"model": model_label, "device": args.device, "dtype": args.dtype,
                             "backend": args.backend, "threads": torch.get_num_threads(), "push_ms": args.push_ms,
+                            "batch_wait": args.batch_wait,
                             "run_s": args.run_s, "audio": audio_label,
                             "audio_s": float(sum(len(a) for a in audio) / 16000)},
                "rule": realtime_ok.__doc__.strip(), "points": [], "capacity": {}, "host_overhead": []}
@@ -749,10 +773,12 @@ def cli_run(args) -> int:
         save()
         for la in args.lookahead_ms:
             for n in args.streams or []:
-                on_point(run_load(engine, n, la, args.run_s, audio, push_ms=args.push_ms, op_timer=op_timer))
+                on_point(run_load(engine, n, la, args.run_s, audio, push_ms=args.push_ms, op_timer=op_timer,
+                                  batch_wait=args.batch_wait))
             if args.capacity:
                 cap = capacity(engine, la, audio, n_lo=args.n_min, n_hi=args.n_max, min_run_s=args.run_s,
-                               rel_tol=args.rel_tol, on_point=on_point, push_ms=args.push_ms, op_timer=op_timer)
+                               rel_tol=args.rel_tol, on_point=on_point, push_ms=args.push_ms, op_timer=op_timer,
+                               batch_wait=args.batch_wait)
                 doc["capacity"][str(la)] = {k: v for k, v in cap.items() if k != "points"}
                 print(f"lookahead {la} ms: capacity {cap['capacity']}{'+' if cap['at_least'] else ''} streams "
                       f"(bracket {cap['bracket']}, {args.run_s:g} s runs)", flush=True)

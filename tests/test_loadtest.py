@@ -68,6 +68,20 @@ def test_light_run_is_real_time_and_accounts_for_every_chunk(micro):
     json.dumps(rep)  # JSON-ready
 
 
+def test_batch_window_batches_the_staggered_streams(micro):
+    """With a batch window of half the chunk period, the chunks that became ready meanwhile share a step: 4 streams
+    spread over the period take about 2 steps per period instead of one per stream; every chunk is still decoded,
+    within the period."""
+    n, la, dur = 4, 560, 3.0
+    rep = lt.run_load(micro, n, la, dur, batch_wait=0.5, final_latency=False)
+    assert rep["batch_window_ms"] == 280 and rep["realtime_ok"], rep["failures"]
+    periods = rep["audio_s_pushed"] / n / (la / 1000)
+    assert rep["steps"] - rep["idle_steps"] <= 2 * periods + 2 < rep["stream_steps"]
+    assert abs(rep["chunks"] - rep["audio_s_pushed"] / (la / 1000)) <= n
+    with pytest.raises(ValueError, match="batch_wait must be in"):
+        lt.run_load(micro, 1, 80, 1.0, batch_wait=1.5)
+
+
 def test_overloaded_run_is_flagged(micro):
     def slow_decode(model, enc, *args, **kwargs):
         time.sleep(0.04 * enc.shape[0])  # 40 ms per stream per 80 ms chunk: 3 streams need 1.5x real time
