@@ -1,4 +1,4 @@
-"""nemotron-engine: convert | transcribe | parity.
+"""nemotron-engine: convert | transcribe | parity | bench | loadtest | serve.
 
     nemotron-engine convert SRC.nemo OUT_DIR
     nemotron-engine transcribe [--model OUT_DIR] [--lookahead-ms 80|160|560|1120] [--json] [--timing] [--tokens]
@@ -9,6 +9,9 @@
     nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
     nemotron-engine loadtest [--model DIR | --micro] [--lookahead-ms 80 1120] [--streams N ...] [--capacity --n-max N]
                              [--run-s S] [--out DIR] ...   (--help)
+    nemotron-engine loadtest --url ws://HOST:PORT --streams N [--lookahead-ms MS] [--audio FILE ...] ...
+    nemotron-engine serve [--model DIR] [--host 127.0.0.1] [--port 9000] [--max-streams N] [--api-key KEY] ...
+                          (--help; docs/server.md)
 """
 from __future__ import annotations
 
@@ -185,8 +188,20 @@ def cmd_parity(args) -> int:
 
 
 def cmd_loadtest(args) -> int:
+    if args.url:
+        # over the network: WebSocket clients against a running `nemotron-engine serve` (ws_loadtest.py)
+        from nemotron_engine.ws_loadtest import cli_run as ws_cli_run
+
+        return ws_cli_run(args)
     # in process, no NeMo: the real-time load test and the host-overhead measurement (nemotron_engine/loadtest.py)
     from nemotron_engine.loadtest import cli_run
+
+    return cli_run(args)
+
+
+def cmd_serve(args) -> int:
+    # the realtime WebSocket server (nemotron_engine/server.py, docs/server.md)
+    from nemotron_engine.server import cli_run
 
     return cli_run(args)
 
@@ -238,7 +253,16 @@ def main(argv: list[str] | None = None) -> int:
 
     lt = sub.add_parser("loadtest", help="live streams on a wall-clock schedule: chunk latency, real-time capacity")
     add_loadtest_arguments(lt)
+    from nemotron_engine.ws_loadtest import add_arguments as add_ws_loadtest_arguments
+
+    add_ws_loadtest_arguments(lt)
     lt.set_defaults(func=cmd_loadtest)
+
+    from nemotron_engine.server import add_arguments as add_serve_arguments
+
+    sv = sub.add_parser("serve", help="the realtime WebSocket server (NVIDIA's realtime ASR protocol; docs/server.md)")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=cmd_serve)
 
     args = p.parse_args(argv)
     return args.func(args)
