@@ -95,9 +95,10 @@ class Metrics:
     """Prometheus metrics of one server, in a registry of its own (GET /metrics)."""
 
     def __init__(self, server: "RealtimeServer"):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
         Gauge("nemotron_sessions_open", "Open WebSocket sessions", registry=r).set_function(
             lambda: len(server.sessions))
         Gauge("nemotron_stream_slots", "Stream slots (--max-streams)", registry=r).set_function(

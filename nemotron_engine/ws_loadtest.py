@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import socket
@@ -72,6 +73,18 @@ def load_clip(path) -> Clip:
 
     x, sr = sf.read(str(path), dtype="int16", always_2d=True)
     return Clip(str(path), np.ascontiguousarray(x), int(sr))
+
+
+def looped(clips: list[Clip], seconds: float) -> Clip:
+    """The clips back to back, repeated until at least `seconds` long (one long-form session); they must share a
+    rate and a channel count."""
+    if len({(c.rate, c.channels) for c in clips}) != 1:
+        raise ValueError("--loop-s needs recordings of one sample rate and channel count, got "
+                         + ", ".join(f"{c.name}: {c.rate} Hz x {c.channels}" for c in clips))
+    one = np.concatenate([c.pcm for c in clips])
+    reps = max(1, math.ceil(seconds * clips[0].rate / one.shape[0]))
+    return Clip(f"{len(clips)} recording(s) looped to {reps * one.shape[0] / clips[0].rate:.1f} s",
+                np.ascontiguousarray(np.tile(one, (reps, 1))), clips[0].rate)
 
 
 def decoded(clip: Clip, target_rate: int, cut_at: int | None = None) -> list[np.ndarray]:
@@ -261,34 +274,122 @@ def _kinds(n: int, eou_fraction: float, vanish_fraction: float, seed: int) -> li
 
 async def run_clients(url: str, n_clients: int, lookahead_ms: int, clips: list[Clip], *, push_ms: float,
                       stagger_ms: float | None, eou_fraction: float, vanish_fraction: float, api_key: str | None,
-                      seed: int, timeout_s: float) -> tuple[list[ClientResult], float, float]:
+                      seed: int, timeout_s: float, sessions: int | None = None,
+                      watch_s: float | None = None) -> tuple[list[ClientResult], float, float, dict | None]:
+    """n_clients concurrent clients; with `sessions`, each runs sessions back to back until that many have run in
+    all (session j streams clips[j % len]); else one session each. watch_s: sample the server's /metrics that
+    often meanwhile (`watch_server`)."""
     if stagger_ms is None:
         stagger_ms = lookahead_ms / n_clients
-    kinds = _kinds(n_clients, eou_fraction, vanish_fraction, seed)
+    total = sessions if sessions is not None else n_clients
+    kinds = _kinds(total, eou_fraction, vanish_fraction, seed)
     rng = np.random.default_rng(seed + 1)
-    t0 = time.perf_counter() + 0.05
-    tasks = []
-    for i in range(n_clients):
-        clip = clips[i % len(clips)]
+    vanish_at = []
+    for j in range(total):
+        clip = clips[j % len(clips)]
         n_packets = -(-clip.pcm.shape[0] // max(1, int(round(push_ms * clip.rate / 1000))))
-        vanish_at = int(rng.integers(max(1, n_packets // 4), max(2, (3 * n_packets) // 4)))
-        tasks.append(_client(i, kinds[i], clip, url, lookahead_ms, t0, i * stagger_ms / 1000, push_ms, api_key,
-                             vanish_at, timeout_s))
-    results = await asyncio.gather(*tasks)
-    return list(results), t0, time.perf_counter()
+        vanish_at.append(int(rng.integers(max(1, n_packets // 4), max(2, (3 * n_packets) // 4))))
+    t0 = time.perf_counter() + 0.05
+    todo = iter(range(total))  # shared by the workers (one thread: each takes the next session when free)
+
+    async def worker(i: int) -> list[ClientResult]:
+        out, start_s = [], i * stagger_ms / 1000
+        for j in todo:
+            out.append(await _client(j, kinds[j], clips[j % len(clips)], url, lookahead_ms, t0, start_s, push_ms,
+                                     api_key, vanish_at[j], timeout_s))
+            start_s = time.perf_counter() - t0
+        return out
+
+    done = asyncio.Event()
+    watch = asyncio.create_task(watch_server(url, watch_s, done)) if watch_s else None
+    per_worker = await asyncio.gather(*(worker(i) for i in range(n_clients)))
+    t1 = time.perf_counter()
+    done.set()
+    server = await watch if watch is not None else None
+    results = sorted((r for rs in per_worker for r in rs), key=lambda r: r.index)
+    return results, t0, t1, server
+
+
+def _http_url(ws_url: str, path: str) -> str:
+    u = urllib.parse.urlsplit(ws_url)
+    return urllib.parse.urlunsplit(("https" if u.scheme == "wss" else "http", u.netloc, path, "", ""))
+
+
+def _get(url: str, timeout: float = 5.0) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read()
+    except urllib.error.HTTPError as e:  # /health answers 503 while not ready, with the same body
+        return e.read()
+
+
+def _scrape(text: str) -> dict[str, float]:
+    """The unlabelled samples of a Prometheus text page that watch_server reads."""
+    want = ("process_resident_memory_bytes", "nemotron_sessions_open", "nemotron_stream_slots_free",
+            "nemotron_engine_streams_open")
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in want:
+            out[name] = float(value)
+    return out
+
+
+async def watch_server(url: str, every_s: float, done: asyncio.Event, settle_s: float = 10.0) -> dict:
+    """Sample the server's /metrics every `every_s` until `done`, then wait up to settle_s for every stream slot to be
+    free (/health) -> {"samples": [[t_s, rss_mb, sessions_open, slots_free]], "rss_mb": {first, mid, last, max},
+    "slots", "slots_free_end", "engine_streams_end", "error"}. A server without /metrics: error set, no samples."""
+    t0 = time.perf_counter()
+    samples, err = [], None
+    while True:
+        try:
+            m = _scrape((await asyncio.to_thread(_get, _http_url(url, "/metrics"))).decode())
+            samples.append([round(time.perf_counter() - t0, 2),
+                            round(m.get("process_resident_memory_bytes", float("nan")) / 2**20, 1),
+                            int(m.get("nemotron_sessions_open", -1)), int(m.get("nemotron_stream_slots_free", -1))])
+        except Exception as e:  # noqa: BLE001 (reported; the load goes on)
+            err = f"GET /metrics: {type(e).__name__}: {e}"
+            break
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(done.wait(), every_s)
+        if done.is_set():
+            break
+    await done.wait()
+    out = {"samples": samples, "error": err, "slots": None, "slots_free_end": None, "engine_streams_end": None}
+    deadline = time.perf_counter() + settle_s
+    while err is None:
+        try:
+            h = json.loads(await asyncio.to_thread(_get, _http_url(url, "/health")))
+            m = _scrape((await asyncio.to_thread(_get, _http_url(url, "/metrics"))).decode())
+        except Exception as e:  # noqa: BLE001
+            out["error"] = f"GET /health: {type(e).__name__}: {e}"
+            break
+        out.update(slots=h.get("stream_slots"), slots_free_end=h.get("stream_slots_free"),
+                   engine_streams_end=int(m.get("nemotron_engine_streams_open", -1)))
+        if (out["slots_free_end"] == out["slots"] and out["engine_streams_end"] == 0) or time.perf_counter() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    rss = [s[1] for s in samples if s[1] == s[1]]
+    out["rss_mb"] = ({"first": rss[0], "mid": rss[len(rss) // 2], "last": rss[-1], "max": max(rss)} if rss else None)
+    return out
 
 
 def run_ws_load(url: str, n_clients: int, lookahead_ms: int, audio=None, *, push_ms: float = DEFAULT_PUSH_MS,
                 stagger_ms: float | None = None, eou_fraction: float = 0.25, vanish_fraction: float = 0.1,
                 api_key: str | None = None, check_model=None, check_engine=None, seed: int = 0,
-                timeout_s: float = 30.0) -> dict:
+                timeout_s: float = 30.0, sessions: int | None = None, watch_s: float | None = 2.0) -> dict:
     """N clients against the server at `url` -> the report (JSON-ready). audio: recording paths or Clips (default:
-    the demo model's examples). check_engine (an Engine) or check_model (a model directory): check every held
-    session's transcripts against Engine.transcribe, after the run; neither: no check."""
+    the demo model's examples). sessions: N clients run that many sessions in all, back to back (default: one
+    each). check_engine (an Engine) or check_model (a model directory): check every held session's transcripts
+    against Engine.transcribe, after the run; neither: no check. watch_s: sample the server's memory, open
+    sessions and free slots from its /metrics that often, and check at the end that every slot is free again
+    (report["server"]; None: not watched)."""
     from .loadtest import _drift, _stats, realtime_failures
 
     if n_clients < 1:
         raise ValueError(f"n_clients must be at least 1, got {n_clients}")
+    if sessions is not None and sessions < 1:
+        raise ValueError(f"sessions must be at least 1, got {sessions}")
     if audio is None:
         from .cli import demo_model_dir
 
@@ -296,9 +397,10 @@ def run_ws_load(url: str, n_clients: int, lookahead_ms: int, audio=None, *, push
     clips = [a if isinstance(a, Clip) else load_clip(a) for a in audio]
     if not clips:
         raise ValueError("run_ws_load needs at least one recording")
-    results, t0, t1 = asyncio.run(run_clients(
+    results, t0, t1, server = asyncio.run(run_clients(
         url, n_clients, lookahead_ms, clips, push_ms=push_ms, stagger_ms=stagger_ms, eou_fraction=eou_fraction,
-        vanish_fraction=vanish_fraction, api_key=api_key, seed=seed, timeout_s=timeout_s))
+        vanish_fraction=vanish_fraction, api_key=api_key, seed=seed, timeout_s=timeout_s, sessions=sessions,
+        watch_s=watch_s))
     lat = np.array([x for r in results for x in r.latencies_ms], np.float64)
     due = np.array([x for r in results for x in r.due_s], np.float64)
     fin = np.array([r.final_ms for r in results if r.final_ms is not None], np.float64)
@@ -316,7 +418,7 @@ def run_ws_load(url: str, n_clients: int, lookahead_ms: int, audio=None, *, push
         "chunks": int(lat.size), "latency_ms": _stats(lat), "late": late,
         "late_fraction": late / lat.size if lat.size else 0.0, **_drift(due, lat),
         "final_latency_ms": _stats(fin), "errors": errors,
-        "sessions": {"clients": n_clients, "connected": sum(r.connected for r in results),
+        "sessions": {"clients": n_clients, "total": len(results), "connected": sum(r.connected for r in results),
                      "held": sum(r.held for r in results), "rejected": sum(r.rejected for r in results),
                      "vanished": sum(r.vanished for r in results),
                      "eou": sum(r.kind == "eou" for r in results),
@@ -349,6 +451,7 @@ def run_ws_load(url: str, n_clients: int, lookahead_ms: int, audio=None, *, push
             else:
                 mismatches.append({"client": r.index, "clip": clip.name, "expected": want, "got": got})
     rep["transcripts"] = {"checked": checked, "matched": matched, "mismatches": mismatches}
+    rep["server"] = server
     fails = realtime_failures(rep, lookahead_ms)
     unexpected = {k: v for k, v in errors.items()}
     if unexpected:
@@ -357,6 +460,10 @@ def run_ws_load(url: str, n_clients: int, lookahead_ms: int, audio=None, *, push
         fails.append(f"{rep['sessions']['expected_held'] - rep['sessions']['held']} session(s) not held to the end")
     if mismatches:
         fails.append(f"{len(mismatches)} transcript(s) differ from the in-process engine's")
+    if server is not None and server["error"] is None and (server["slots_free_end"] != server["slots"]
+                                                           or server["engine_streams_end"] != 0):
+        fails.append(f"slots leaked: {server['slots_free_end']} of {server['slots']} free and "
+                     f"{server['engine_streams_end']} engine stream(s) open after the run")
     rep["realtime_ok"] = not fails
     rep["failures"] = fails
     return rep
@@ -370,8 +477,14 @@ def summary_line(rep: dict) -> str:
         head += f", final p50 {fin['p50']:.1f} p95 {fin['p95']:.1f} ms"
     tr = rep["transcripts"]
     check = f", transcripts {tr['matched']}/{tr['checked']} match" if tr["checked"] else ""
-    return (f"{rep['url']} lookahead {rep['lookahead_ms']} ms, N={rep['n_streams']}: {head}; held {s['held']}/"
-            f"{s['expected_held']}, rejected {s['rejected']}, vanished {s['vanished']}{check}: "
+    srv = rep.get("server") or {}
+    if srv.get("rss_mb"):
+        r = srv["rss_mb"]
+        check += (f"; server RSS {r['first']:.0f} -> {r['mid']:.0f} -> {r['last']:.0f} MB, slots free at the end "
+                  f"{srv['slots_free_end']}/{srv['slots']}")
+    total = f" ({s['total']} sessions)" if s["total"] != s["clients"] else ""
+    return (f"{rep['url']} lookahead {rep['lookahead_ms']} ms, N={rep['n_streams']}{total}: {head}; held "
+            f"{s['held']}/{s['expected_held']}, rejected {s['rejected']}, vanished {s['vanished']}{check}: "
             + ("OK" if rep["realtime_ok"] else "not OK (" + "; ".join(rep["failures"]) + ")"))
 
 
@@ -391,6 +504,12 @@ def add_arguments(p) -> None:
     p.add_argument("--no-check", action="store_true",
                    help="--url: do not check transcripts against the in-process engine (which loads --model)")
     p.add_argument("--timeout-s", type=float, default=None, help="--url: per-client wait limits (default 30)")
+    p.add_argument("--sessions", type=int, default=None,
+                   help="--url: the N clients run this many sessions in all, each client one after another (default: "
+                        "one each); with --vanish-fraction, the churn test (slots, memory)")
+    p.add_argument("--loop-s", type=float, default=None,
+                   help="--url: each session streams the recordings back to back, looped to at least this many "
+                        "seconds (one long stream per client, as the in-process loadtest's --run-s)")
     p.add_argument("--seed", type=int, default=None,
                    help="--url: seed of the client kinds and vanishing points (default 0)")
     # (defaults are None here and resolved in cli_run: the in-process loadtest records its options as given)
@@ -400,7 +519,7 @@ def cli_run(args) -> int:
     import os
 
     from .cli import _err, demo_model_dir
-    from .loadtest import _command_line, machine_info
+    from .loadtest import _command_line, bisect_capacity, machine_info, plot
 
     try:
         import websockets  # noqa: F401
@@ -410,8 +529,8 @@ def cli_run(args) -> int:
     for name, default in (("eou_fraction", 0.25), ("vanish_fraction", 0.1), ("timeout_s", 30.0), ("seed", 0)):
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if not args.streams:
-        _err("loadtest --url: give --streams N [N ...] (concurrent clients)")
+    if not args.streams and not args.capacity:
+        _err("loadtest --url: give --streams N [N ...] (concurrent clients) and/or --capacity")
         return 2
     if not args.url.startswith(("ws://", "wss://")):
         _err(f"loadtest --url: {args.url!r} is not a ws:// or wss:// URL")
@@ -435,27 +554,54 @@ def cli_run(args) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         engine = Engine(model, max_streams=2)
+    if args.loop_s:
+        try:
+            clips = [looped(clips, args.loop_s)]
+        except ValueError as e:
+            _err(str(e))
+            return 2
+    if args.sessions is not None and args.sessions < 1:
+        _err(f"loadtest --url: --sessions must be at least 1, got {args.sessions}")
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"command": _command_line(args), "machine": machine_info(),
            "settings": {"url": args.url, "push_ms": args.push_ms, "eou_fraction": args.eou_fraction,
                         "vanish_fraction": args.vanish_fraction, "stagger_ms": args.stagger_ms,
+                        "sessions": args.sessions, "loop_s": args.loop_s,
                         "audio": [c.name for c in clips], "checked_with": str(model) if model else None},
-           "points": []}
+           "points": [], "capacity": {}}
     path = out / "ws_loadtest.json"
+
+    def save():
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+
+    def run(n: int, la: int) -> dict:
+        rep = run_ws_load(args.url, n, la, clips, push_ms=args.push_ms, stagger_ms=args.stagger_ms,
+                          eou_fraction=args.eou_fraction, vanish_fraction=args.vanish_fraction,
+                          api_key=args.api_key or os.environ.get("NEMOTRON_ENGINE_API_KEY"), check_engine=engine,
+                          seed=args.seed, timeout_s=args.timeout_s, sessions=args.sessions)
+        doc["points"].append(rep)
+        print(summary_line(rep), flush=True)
+        save()
+        return rep
+
     status = 0
     for la in args.lookahead_ms:
-        for n in args.streams:
-            rep = run_ws_load(args.url, n, la, clips, push_ms=args.push_ms, stagger_ms=args.stagger_ms,
-                              eou_fraction=args.eou_fraction, vanish_fraction=args.vanish_fraction,
-                              api_key=args.api_key or os.environ.get("NEMOTRON_ENGINE_API_KEY"), check_engine=engine,
-                              seed=args.seed, timeout_s=args.timeout_s)
-            doc["points"].append(rep)
-            print(summary_line(rep), flush=True)
-            if not rep["realtime_ok"]:
+        for n in args.streams or []:
+            if not run(n, la)["realtime_ok"]:
                 status = 1
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, path)
-    print(f"wrote {path}", file=sys.stderr)
+        if args.capacity:
+            cap = bisect_capacity(lambda n: run(n, la), args.n_min, args.n_max, args.rel_tol)
+            doc["capacity"][str(la)] = {k: v for k, v in cap.items() if k != "points"}
+            print(f"lookahead {la} ms: capacity {cap['capacity']}{'+' if cap['at_least'] else ''} sessions "
+                  f"(bracket {cap['bracket']})", flush=True)
+            save()
+    caps = {int(k): (v["capacity"], v["at_least"]) for k, v in doc["capacity"].items()}
+    note = plot(doc["points"], out / "ws_loadtest.png", caps)
+    doc["plot"] = "ws_loadtest.png" if note is None else note
+    save()
+    print(f"wrote {path}" + ("" if note else f" and {out / 'ws_loadtest.png'}"), file=sys.stderr)
     return status

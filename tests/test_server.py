@@ -613,13 +613,35 @@ def test_ws_loadtest_cli(server, engine, tmp_path):
                "--model", str(DEMO), "--out", str(out)])
     doc = json.loads((out / "ws_loadtest.json").read_text())
     rep = doc["points"][0]
-    assert rep["sessions"] == {"clients": 3, "connected": 3, "held": 2, "rejected": 0, "vanished": 1, "eou": 1,
+    assert rep["sessions"] == {"clients": 3, "total": 3, "connected": 3, "held": 2, "rejected": 0, "vanished": 1, "eou": 1,
                                "expected_held": 2}
     assert rep["transcripts"]["checked"] == 2 and rep["transcripts"]["matched"] == 2, rep["transcripts"]
     assert rep["errors"] == {}
     assert rep["latency_ms"]["n"] > 0 and rep["final_latency_ms"]["n"] == 2
     assert {"p50", "p95", "p99"} <= set(rep["latency_ms"]) and "late" in rep
     assert rc == (0 if rep["realtime_ok"] else 1)
+    server.wait_free()
+
+
+def test_ws_loadtest_sessions_churn(server, engine):
+    """`--sessions`: 3 clients run 9 sessions back to back, a third of them vanishing (TCP reset) mid-stream: every
+    other session is held with the in-process engine's transcript, no error, and the server's watch shows every
+    slot free and no engine stream left at the end, with its memory sampled over the run."""
+    from nemotron_engine.ws_loadtest import run_ws_load
+
+    server.wait_free()
+    rep = run_ws_load(server.ws_url, SLOTS, LA, EXAMPLES[:2], sessions=9, eou_fraction=0.34, vanish_fraction=0.34,
+                      check_engine=engine, watch_s=0.5)
+    s = rep["sessions"]
+    assert (s["clients"], s["total"], s["vanished"], s["held"], s["expected_held"], s["rejected"]) == (
+        SLOTS, 9, 3, 6, 6, 0), s
+    assert sorted(c["index"] for c in rep["clients"]) == list(range(9))
+    assert rep["transcripts"]["checked"] == 6 and rep["transcripts"]["matched"] == 6, rep["transcripts"]
+    assert rep["errors"] == {}, rep["errors"]
+    srv = rep["server"]
+    assert srv["error"] is None and srv["slots"] == SLOTS and srv["slots_free_end"] == SLOTS, srv
+    assert srv["engine_streams_end"] == 0 and len(srv["samples"]) >= 3 and srv["rss_mb"]["max"] > 50, srv
+    assert not any("leaked" in f for f in rep["failures"]), rep["failures"]
     server.wait_free()
 
 
