@@ -346,12 +346,11 @@ class Engine:
             row[at: at + first] = x[:first]
             if first < n:
                 row[: n - first] = x[first:]
-            # the ring's head repeated after its end (the mirror), where this write touched it
+            # the ring's head is repeated after its end (the mirror): renewed when this write touched it (once a
+            # revolution of the ring)
             mirror = self.cache.pcm_mirror
-            if at < mirror:
-                row[ring + at: ring + min(at + first, mirror)] = x[: min(first, mirror - at)]
-            if first < n:
-                row[ring: ring + min(n - first, mirror)] = x[first: first + min(n - first, mirror)]
+            if at < mirror or first < n:
+                row[ring: ring + mirror] = row[:mirror]
             self._pushed[s.slot] += n
 
     def _cut(self, s: Stream, finish: bool) -> None:
