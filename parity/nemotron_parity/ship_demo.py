@@ -123,7 +123,7 @@ def model_card(work: Path, cfg, expected: dict) -> str:
         long_training = f"""
 
 **Long-form training** (phase{'s' if len(long_phases) > 1 else ''} {', '.join(map(str, long_phases))}{
-            f', continued from the engine-format weights of the phases before, `{init}`' if init else ''}): the
+            ', continued from the engine-format weights of the phases before (INIT_ENGINE_MODEL)' if init else ''}): the
 phases before heard isolated 2-3 s utterances only, and on a continuous stream the model transcribed the first
 sentence and then went silent. {lp['longform'] * 100:g} % of the batches are long-form streams of {lo:g}-{hi:g} s,
 built on the fly from the training utterances (parity/nemotron_parity/corpus.py, plan_train_streams): sentences of
@@ -141,7 +141,10 @@ per minute: reference sentences by their midpoint, hypothesis words by their fir
 in the pauses between sentences, parity/nemotron_parity/demo_eval.py; the NeMo column: NeMo's own streaming of a
 sample of the 60-s streams, token for token):
 
-{markdown_long(wer)}"""
+{markdown_long(wer)}
+
+Measured by `python -m nemotron_parity.demo_eval WORK --nemo --nemo-limit 25` (the recipe's last step but one;
+WORK is the recipe's work directory, with the corpus and the converted model in WORK/model)."""
     return f"""# Demo model: a small cache-aware streaming FastConformer hybrid RNN-T + CTC, trained on synthetic speech
 
 **What it is.** The architecture family of NVIDIA's Nemotron Speech Streaming (cache-aware FastConformer encoder
