@@ -223,7 +223,8 @@ def _prompt_config(cfg: dict, sd: dict, d_model: int) -> dict:
     if "prompt_kernel.0.weight" not in sd:
         return {}
     md = cfg.get("model_defaults") if isinstance(cfg.get("model_defaults"), dict) else {}
-    p = md.get("num_prompts", cfg.get("num_prompts"))
+    # NeMo: model_defaults.num_prompts, copied to the top-level num_prompts that prompt_kernel is built from; 128
+    p = md.get("num_prompts", cfg.get("num_prompts", 128))
     _require(isinstance(p, int) and p > 0, "model_defaults.num_prompts", p, "a prompt model needs num_prompts > 0")
     w1, w2 = sd["prompt_kernel.0.weight"], sd.get("prompt_kernel.2.weight")
     _require(tuple(w1.shape) == (2 * d_model, d_model + p), "prompt_kernel.0.weight", list(w1.shape),
