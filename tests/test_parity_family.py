@@ -15,6 +15,7 @@ lookaheads (80 .. 1120 ms), a 1200-piece vocabulary (more classes than Nemotron'
 import random
 
 import pytest
+import torch
 
 import models
 import nemotron_parity.nemo_harness as H
@@ -23,6 +24,7 @@ from tolerances import assert_close
 
 # the first 2.5 s of three voices keep each model's NeMo runs to seconds
 SECONDS = 2.5
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _utts(n=3):
@@ -82,6 +84,31 @@ def test_prompt_streams_in_one_batch_equal_nemo(vid):
     pairs = [[v for k, v in refs.items() if k[:2] == (r, i % len(utts))] for i, r in enumerate(cfg.lookaheads)]
     differ = sum(a.tokens != b.tokens for a, b in pairs)
     assert differ >= 4, f"only {differ} of 5 same-audio language pairs decode differently in NeMo"
+
+
+def test_prompt_triton_path_matches_nemo():
+    """The Triton path (compiled on CUDA, under Triton's interpreter on the CPU; tests/conftest.py) at left context
+    56: two streams of two lookaheads and languages in one batch, 1.2 s each (the interpreter runs every program in
+    numpy; R = 1 takes eight steps, the rows before the stream's start masked in the first ones)."""
+    model, _, out = models.nemo_model("prompt_rnnt")
+    engine = Engine(out, device=DEVICE, backend="triton", keep_encoder_outputs=True)
+    cfg = engine.cfg
+    audio = _utts(1)[0][:19200]
+    streams = {(r, lang): engine.open_stream((r + 1) * cfg.frame_ms, language=lang)
+               for r, lang in ((max(cfg.lookaheads), "de-DE"), (1, "fr-FR"))}
+    for s in streams.values():
+        s.push(audio)
+        s.finish()
+    for _ in engine.drain():
+        pass
+    for (r, lang), s in streams.items():
+        ref = H.nemo_stream(model, audio, [cfg.left_context, r], language=lang)
+        where = f"prompt_rnnt R={r} {lang} (triton)"
+        assert len(s.encoder_outputs) == len(ref.step_encoded), f"{where}: step count"
+        for i, (a, b) in enumerate(zip(s.joint_inputs, ref.step_joint_input)):
+            assert_close(f"{where} step {i} joint input", b, a)
+        assert s.result().tokens == ref.tokens and ref.tokens, f"{where}: tokens differ (or none)"
+        assert s.result().timestamps_ms == [t * cfg.frame_ms for t in ref.timestamps], f"{where}: timestamps"
 
 
 def test_language_choice():
