@@ -307,7 +307,8 @@ class Engine:
         endpoint_ms = self._check_endpoint(self.endpoint_ms if endpoint_ms == -1 else endpoint_ms)
         prompt = self.cfg.prompt_index(language)
         if eou_reset and not self.cfg.end_tokens:
-            raise ValueError(f"eou_reset=True needs an end-of-utterance model; {self.cfg.model_class} has no <EOU> token")
+            raise ValueError(f"eou_reset=True needs an end-of-utterance model; {self.cfg.model_class} has no <EOU> "
+                             "token")
         if prompt >= 0 and language is None:
             language = self.cfg.default_language
         with torch.inference_mode(), self._lock:

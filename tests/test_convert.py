@@ -258,7 +258,8 @@ def test_eou_model_without_eou_piece_is_refused(tmp_path):
 def test_prompt_mlp_shape_is_checked(tmp_path):
     _, nemo_path, _ = models.nemo_model("prompt_rnnt")
     src = tmp_path / "bad.nemo"
-    _edit_weights(nemo_path, src, lambda sd: sd.update({"prompt_kernel.2.weight": sd["prompt_kernel.2.weight"][:, :-1]}))
+    _edit_weights(nemo_path, src,
+                  lambda sd: sd.update({"prompt_kernel.2.weight": sd["prompt_kernel.2.weight"][:, :-1]}))
     from nemotron_engine.weights.convert import ConversionError, convert
 
     with pytest.raises(ConversionError, match=r"prompt_kernel.2.weight = \[48, 95\] \(expected \[d_model, 2 d_model\]"):
