@@ -49,7 +49,8 @@ def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE, pcm_ri
     e = torch.empty(0, dtype=dtype).element_size()
     kv = 2 * cfg.n_layers * pages_per_stream(cfg, page_size) * page_size * cfg.d_model * e
     conv = cfg.n_layers * cfg.d_model * (cfg.conv_kernel_size - 1) * e
-    dec = (2 * cfg.pred_rnn_layers * cfg.pred_hidden + cfg.joint_hidden) * e + 8 + 8  # h, c, pred, label, frames
+    # h, c, pred, label, frames, prompt
+    dec = (2 * cfg.pred_rnn_layers * cfg.pred_hidden + cfg.joint_hidden) * e + 8 + 8 + 8
     page_table = pages_per_stream(cfg, page_size) * 8
     mel = PRE_ENCODE_CACHE * cfg.n_mels * 4
     return kv + conv + dec + page_table + mel + (pcm_ring + pcm_mirror) * 4
@@ -77,6 +78,7 @@ class StreamCache:
         self.pred = torch.zeros(max_streams, cfg.joint_hidden, **kw)  # [S, J]
         self.label = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S]
         self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] next chunk's frame position
+        self.prompt = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] language index (prompt models)
         self.mel = torch.zeros(max_streams, PRE_ENCODE_CACHE, cfg.n_mels, device=device)  # [S, 9, n_mels] float32
         # [S, ring + mirror] float32 raw audio on the host (pinned, for one asynchronous copy per step, when a GPU
         # is there)
@@ -168,5 +170,6 @@ class StreamCache:
 
     def memory_report(self) -> MemoryReport:
         pool = sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.h, self.c, self.pred,
-                                                          self.label, self.frames, self.table, self.mel, self.pcm))
+                                                          self.label, self.frames, self.prompt, self.table, self.mel,
+                                                          self.pcm))
         return MemoryReport(pool // self.max_streams, self.max_streams, pool, self.page_size, self.pages_per_stream)

@@ -5,7 +5,7 @@
                                [--device cpu|cuda[:N]] [--dtype float32|bfloat16]
                                [--backend cpu|torch|triton] [FILE...]
                                (default: the shipped demo model and its examples, on the CPU)
-    nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...]
+    nemotron-engine parity --nemo SRC.nemo [--audio FILE ...] [--lookahead-ms ...] [--language L]
     nemotron-engine bench [--size full|tiny] [--lookahead-ms ...] [--streams ...] [--out DIR] ...   (--help)
     nemotron-engine loadtest [--model DIR | --micro] [--lookahead-ms 80 1120] [--streams N ...] [--capacity --n-max N]
                              [--run-s S] [--out DIR] ...   (--help)
@@ -184,7 +184,7 @@ def cmd_parity(args) -> int:
         return 2
     from nemotron_parity.report import run_parity
 
-    return run_parity(args.nemo, args.audio, args.lookahead_ms)
+    return run_parity(args.nemo, args.audio, args.lookahead_ms, language=args.language)
 
 
 def cmd_loadtest(args) -> int:
@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--nemo", required=True, help="the .nemo checkpoint")
     q.add_argument("--audio", nargs="*", default=[], help="audio files (default: synthesised speech)")
     q.add_argument("--lookahead-ms", type=int, nargs="*", default=None, help="default: every lookahead")
+    q.add_argument("--language", default=None,
+                   help="a prompt model's language, a key of its prompt dictionary (default: the checkpoint's)")
     q.set_defaults(func=cmd_parity)
 
     sub.add_parser("bench", help="streams sustained in real time, beside NeMo (see `nemotron-engine bench --help`)")

@@ -66,6 +66,14 @@ class ModelConfig:
     joint_hidden: int = 640
     max_symbols: int = 10
     has_ctc: bool = False
+    # language prompt (prompt-conditioned checkpoints, e.g. Nemotron 3.5 ASR Streaming; 0: none): a one-hot of
+    # num_prompts concatenated to every encoder frame, then the prompt MLP D + P -> 2D -> ReLU -> D before the joint
+    num_prompts: int = 0
+    prompt_dictionary: dict = field(default_factory=dict)  # language key -> one-hot index
+    default_language: str = ""  # a stream's language when open_stream gets none ("": it must be given)
+    # end-of-utterance models: the token ids of <EOU> and <EOB> (-1: not an EOU model)
+    eou_id: int = -1
+    eob_id: int = -1
     # provenance
     model_class: str = "EncDecRNNTBPEModel"
     source_file: str = ""
@@ -102,6 +110,28 @@ class ModelConfig:
                 f"{sorted(choices)} ms"
             )
         return choices[ms]
+
+    @property
+    def end_tokens(self) -> tuple[int, ...]:
+        """The tokens that end a segment when emitted (an EOU model's <EOU> and <EOB>); never part of a text."""
+        return tuple(t for t in (self.eou_id, self.eob_id) if t >= 0)
+
+    def prompt_index(self, language: str | None) -> int:
+        """The one-hot index of a stream's language (the default language when None); -1 for a model without a
+        prompt. A clear error for an unknown language, listing the valid ones."""
+        if not self.num_prompts:
+            if language is not None:
+                raise ValueError(f"language={language!r}: this model ({self.model_class}) has no language prompt; "
+                                 "open the stream without language=")
+            return -1
+        valid = ", ".join(map(repr, sorted(self.prompt_dictionary)))
+        if language is None:
+            if not self.default_language:
+                raise ValueError(f"this model needs a language per stream: pass language= one of {valid}")
+            language = self.default_language
+        if language not in self.prompt_dictionary:
+            raise ValueError(f"language {language!r} is not in this model's prompt dictionary; choose one of {valid}")
+        return int(self.prompt_dictionary[language])
 
     def first_chunk_mel(self, r: int) -> int:
         """Mel frames of a stream's first chunk: 1 + 8R (NeMo chunk_size[0])."""

@@ -35,6 +35,7 @@ PACKED = "#packed"
 LAYER_LINEARS = ["ff1.w1", "ff1.w2", "att.wq", "att.wk", "att.wv", "att.wo", "ff2.w1", "ff2.w2"]
 CONV_LINEARS = ["pw1.weight", "pw2.weight"]
 JOINT_LINEARS = ["enc.weight", "pred.weight", "out.weight"]
+PROMPT_LINEARS = ["w1", "w2"]  # the language prompt's MLP, where the model has one
 
 
 def decoder_linears(cfg) -> list[str]:
@@ -97,7 +98,8 @@ def pack_model(model) -> int:
     done = pack_conv_products(model.sub)
     groups = [(model.sub, ["out.weight"], [(model.w, "subsample.")]),
               (model.joint, JOINT_LINEARS, [(model.w, "joint.")]),
-              (model.dec, decoder_linears(model.cfg), [(model.w, "decoder.")])]
+              (model.dec, decoder_linears(model.cfg), [(model.w, "decoder.")]),
+              (model.prompt, PROMPT_LINEARS, [(model.w, "prompt.")])]
     for i, lw in enumerate(model.layers):
         groups.append((lw, LAYER_LINEARS, [(model.w, f"layers.{i}.")]))
         groups.append((lw["conv"], CONV_LINEARS, [(model.w, f"layers.{i}.conv."), (lw, "conv.")]))

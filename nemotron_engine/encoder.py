@@ -20,6 +20,7 @@ import torch
 from .config import DROP_EXTRA_PRE_ENCODED
 from .reference.attention import attention_mask, position_projection, rel_attention
 from .reference.conv_module import glu_conv_norm
+from .reference.prompt import prompt_project
 
 
 @dataclass
@@ -123,6 +124,19 @@ def encoder_step(
     # NeMo counts the chunk's padded length T (cache_last_channel_len += T)
     cache.frames[slots] = plan.start + plan.t
     return x, n
+
+
+def joint_input(
+    model,
+    ops,
+    x: torch.Tensor,  # [B, T, D] encoder output
+    prompt: torch.Tensor,  # [B] int64 each stream's language index (unused for a model without a prompt)
+) -> torch.Tensor:
+    """What the joint sees -> [B, T, D]: the encoder output, through the language prompt's MLP on prompt models
+    (NeMo conformer_stream_step's `_apply_prompt_to_encoded`; reference.prompt.prompt_project)."""
+    if not model.cfg.num_prompts:
+        return x
+    return prompt_project(x, prompt, model.prompt, model.cfg.num_prompts, ops.linear)
 
 
 def encoder_offline(

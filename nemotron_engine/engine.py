@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ import torch
 
 from .cache import StreamCache, bytes_per_stream
 from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, SUBSAMPLING_FACTOR, ModelConfig, subsampled_length
-from .encoder import encoder_step
+from .encoder import encoder_step, joint_input
 from .features import frames_ready, log_mel, preemphasize, span_length, span_start
 from .model import Model
 from .ops import Ops, get_ops
@@ -54,6 +54,7 @@ class Segment:
     start_ms: float
     end_ms: float
     final: bool  # the utterance has ended and is fully decoded
+    end_token: int | None = None  # the <EOU> / <EOB> id whose emission closed it (EOU models), else None
 
 
 @dataclass
@@ -78,7 +79,10 @@ class Update:
     text: str  # the new text: the utterance's text so far is the concatenation of its updates' texts
     final: bool  # the stream has finished and every chunk has been decoded
     needed_samples: int = 0  # samples of the stream that had to arrive for this step's chunk (its last one + 1)
-    segment: Segment | None = None  # the utterance that ended in this step (finalize, endpointing, finish)
+    segment: Segment | None = None  # the segment that ended in this step (finalize, endpointing, finish, <EOU>)
+    # every segment that ended in this step, in order (an EOU model can close several in one chunk: one per <EOU>
+    # or <EOB> emitted); `segment` is the last of them
+    segments: list[Segment] = field(default_factory=list)
 
 
 @dataclass
@@ -125,13 +129,18 @@ def _as_float_pcm(pcm, sample_rate: int, expected: int) -> np.ndarray:
 class Stream:
     """One live audio source. Create with `Engine.open_stream()`; its counters live in the engine, by slot."""
 
-    def __init__(self, engine: "Engine", sid: int, r: int, slot: int, endpoint_ms: int | None):
+    def __init__(self, engine: "Engine", sid: int, r: int, slot: int, endpoint_ms: int | None,
+                 language: str | None = None, eou_reset: bool = False):
         self.engine = engine
         self.id = sid
         self.slot = slot  # this stream's slot and pages in the engine's pool
         self.r = r
         self.lookahead_ms = (r + 1) * engine.cfg.frame_ms
         self.endpoint_ms = endpoint_ms
+        self.language = language  # a prompt model's language key (None for other models)
+        self.eou_reset = eou_reset  # an emitted <EOU>/<EOB> also ends the utterance (fresh state), as finalize()
+        self._seg_start_ms: float | None = None  # the open segment's start when an <EOU> began it, else None
+        self._end_token: int | None = None  # the end token that requested the pending utterance end (eou_reset)
         self.closed = False
         self.input_done = False  # finish() was called
         self.done = False  # finished and fully decoded
@@ -142,6 +151,7 @@ class Stream:
         self.stamps_ms: list[int] = []
         self.text = ""
         self.encoder_outputs: list[torch.Tensor] = []  # per step [T, D], when the engine keeps them
+        self.joint_inputs: list[torch.Tensor] = []  # per step [T, D] after the language prompt (prompt models), same
         self.features: list[torch.Tensor] = []  # per step, the chunk's new mel frames [n, n_mels], likewise
 
     # ---- input -----------------------------------------------------------------------------------------------
@@ -185,8 +195,9 @@ class Stream:
         """The open utterance so far (the last one, once the stream is final); O(1) in the stream's age."""
         eng = self.engine
         start = self._start_at_close if self.closed else int(eng._utt_start[self.slot])
+        start_ms = start * 1000 / eng.cfg.sample_rate if self._seg_start_ms is None else self._seg_start_ms
         return Result(self.text, list(self.tokens), list(self.stamps_ms), self.done, self.samples / eng.cfg.sample_rate,
-                      start * 1000 / eng.cfg.sample_rate)
+                      start_ms)
 
 
 class Engine:
@@ -282,14 +293,28 @@ class Engine:
         return endpoint_ms
 
     # ---- streams -------------------------------------------------------------------------------------------------
-    def open_stream(self, lookahead_ms: int | None = None, endpoint_ms: int | None = -1) -> Stream:
+    def open_stream(self, lookahead_ms: int | None = None, endpoint_ms: int | None = -1,
+                    language: str | None = None, eou_reset: bool = False) -> Stream:
         """A new stream. endpoint_ms: finalise its utterance automatically after that much audio without a token
-        following a token (default: the engine's endpoint_ms; None: off)."""
+        following a token (default: the engine's endpoint_ms; None: off).
+
+        language: a prompt model's language, a key of its prompt dictionary (`cfg.prompt_dictionary`; default
+        `cfg.default_language`); streams of different languages share the engine's steps.
+        eou_reset (EOU models): an emitted <EOU> or <EOB> always closes the open segment; by default the stream's
+        state carries on, as in NeMo (tokens stay NeMo-exact over the whole stream); with eou_reset=True the
+        utterance also ends there, where the decoded audio ends, as finalize() ends it (fresh state after it)."""
         r = self.cfg.lookahead_from_ms(lookahead_ms)
         endpoint_ms = self._check_endpoint(self.endpoint_ms if endpoint_ms == -1 else endpoint_ms)
+        prompt = self.cfg.prompt_index(language)
+        if eou_reset and not self.cfg.end_tokens:
+            raise ValueError(f"eou_reset=True needs an end-of-utterance model; {self.cfg.model_class} has no <EOU> "
+                             "token")
+        if prompt >= 0 and language is None:
+            language = self.cfg.default_language
         with torch.inference_mode(), self._lock:
             slot = self.cache.open(self.dec_after_sos)
-            s = Stream(self, self._next_id, r, slot, endpoint_ms)
+            self.cache.prompt[slot] = max(prompt, 0)
+            s = Stream(self, self._next_id, r, slot, endpoint_ms, language, eou_reset)
             self._next_id += 1
             for a in (self._pushed, self._utt_start, self._next_mel, self._steps, self._valid_frames):
                 a[slot] = 0
@@ -445,6 +470,7 @@ class Engine:
                 if u.stream.slot in done:
                     end = self._end_utterance(u.stream)
                     u.segment, u.final = end.segment, end.final
+                    u.segments.append(end.segment)
             updates += stepped
         for slot in closing:
             updates.append(self._end_utterance(self._by_slot[slot]))
@@ -513,11 +539,12 @@ class Engine:
         mel = (new if first else window).to(self.model.dtype)
         mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
         out, _ = encoder_step(self.model, self.ops, mel, mel_len, cache, slot_t, r, first)
+        joint_in = joint_input(self.model, self.ops, out, cache.prompt[slot_t])  # [B, T, D] per-stream language
         # the valid output frames, known on the host: no read-back of the encoder's lengths
         t_out = max(int(subsampled_length(mel.shape[1])) - (0 if first else 2), 0)
         offsets = self._valid_frames[slots]
-        toks, stamps = self.ops.decode(self.model, out, torch.full((b,), t_out, dtype=torch.int64, device=dev), cache,
-                                       slot_t, torch.from_numpy(offsets).to(dev))
+        toks, stamps = self.ops.decode(self.model, joint_in, torch.full((b,), t_out, dtype=torch.int64, device=dev),
+                                       cache, slot_t, torch.from_numpy(offsets).to(dev))
         self._next_mel[slots] += n
         self._steps[slots] += 1
         self._valid_frames[slots] += t_out
@@ -528,20 +555,30 @@ class Engine:
         start_ms = (utt_start * 1000 // cfg.sample_rate).tolist()
         needed = (utt_start + np.minimum(length, (self._next_mel[slots] - 1) * hop + half)).tolist()
         updates = []
+        ends = set(cfg.end_tokens)
+        eou_cut = []  # streams with eou_reset whose step emitted an end token
         for i, slot in enumerate(slots.tolist()):
             s = self._by_slot[slot]
-            new_toks, text, ms = toks[i], "", []
+            new_toks, text, ms, closed = toks[i], "", [], []
             if new_toks:
                 ms = [start_ms[i] + f * frame_ms for f in stamps[i]]
-                text = self.tokenizer.decode_delta(s.tokens[-DETOKENIZE_CONTEXT:], new_toks)
-                s.tokens += new_toks
-                s.stamps_ms += ms
-                s.text += text
+                text, closed = self._append(s, new_toks, ms, start_ms[i], split=not s.eou_reset)
                 self._last_token[slot] = stamps[i][-1]
+                if s.eou_reset and ends.intersection(new_toks):
+                    s._end_token = next(t for t in new_toks if t in ends)
+                    eou_cut.append(i)
             if self.keep_encoder_outputs:
                 s.encoder_outputs.append(out[i, :t_out].float().cpu())  # [T, D]
+                if cfg.num_prompts:
+                    s.joint_inputs.append(joint_in[i, :t_out].float().cpu())  # [T, D]
                 s.features.append(new[i].cpu())  # [n, n_mels]
-            updates.append(Update(s, new_toks, ms, text, False, needed[i]))
+            u = Update(s, new_toks, ms, text, False, needed[i])
+            if closed:
+                u.segments, u.segment = closed, closed[-1]
+            updates.append(u)
+        # eou_reset: the utterance ends where the decoded audio ends (as endpointing ends it, below)
+        for k in eou_cut:
+            self._endpoint(self._by_slot[slots[k]], int(utt_start[k] + self._next_mel[slots[k]] * hop + half - hop))
         # endpointing: enough frames without a token after a token ends the utterance where the decoded audio ends
         # (hop * m + n_fft // 2 - hop samples: every frame fed so far read only samples before it)
         ep = self._endpoint_frames[slots]
@@ -549,6 +586,37 @@ class Engine:
         for k in np.flatnonzero((ep > 0) & (last >= 0) & (self._valid_frames[slots] - 1 - last >= ep)).tolist():
             self._endpoint(self._by_slot[slots[k]], int(utt_start[k] + self._next_mel[slots[k]] * hop + half - hop))
         return updates
+
+    def _append(self, s: Stream, toks: list[int], ms: list[int], utt_start_ms: float,
+                split: bool) -> tuple[str, list[Segment]]:
+        """Append a step's tokens to the stream's open segment -> (the new text, the segments closed). With split
+        (an EOU model's default), each <EOU> / <EOB> closes the open segment right after itself: the segment ends
+        with that token, at the end of its frame, and the next one starts there. End tokens never reach a text."""
+        ends = self.cfg.end_tokens
+        closed: list[Segment] = []
+        text, a = "", 0
+        for j, t in enumerate(toks):
+            if split and t in ends:
+                text += self._extend(s, toks[a: j + 1], ms[a: j + 1], ends)
+                end_ms = ms[j] + self.cfg.frame_ms
+                start = utt_start_ms if s._seg_start_ms is None else s._seg_start_ms
+                closed.append(Segment(s.text, s.tokens, s.stamps_ms, start, end_ms, True, t))
+                s.tokens, s.stamps_ms, s.text = [], [], ""
+                s._seg_start_ms = end_ms
+                a = j + 1
+        return text + self._extend(s, toks[a:], ms[a:], ends), closed
+
+    def _extend(self, s: Stream, toks: list[int], ms: list[int], ends: tuple[int, ...]) -> str:
+        """Append tokens (and their times) to the open segment -> the text they add (end tokens have none)."""
+        words = [t for t in toks if t not in ends] if ends else toks
+        text = ""
+        if words:
+            context = s.tokens[-DETOKENIZE_CONTEXT:]
+            text = self.tokenizer.decode_delta([t for t in context if t not in ends] if ends else context, words)
+        s.tokens += toks
+        s.stamps_ms += ms
+        s.text += text
+        return text
 
     def _endpoint(self, s: Stream, at: int) -> None:
         """End the open utterance at stream sample `at`, before any cut already requested (which then ends the next
@@ -568,14 +636,15 @@ class Engine:
         cfg = self.cfg
         slot = s.slot
         start, end = int(self._utt_start[slot]), int(self._cut_at[slot])
-        seg = Segment(s.text, s.tokens, s.stamps_ms, start * 1000 / cfg.sample_rate, end * 1000 / cfg.sample_rate,
-                      True)
+        start_ms = start * 1000 / cfg.sample_rate if s._seg_start_ms is None else s._seg_start_ms
+        seg = Segment(s.text, s.tokens, s.stamps_ms, start_ms, end * 1000 / cfg.sample_rate, True, s._end_token)
+        s._seg_start_ms = s._end_token = None
         with self._lock:
             final = s.input_done and not s._cuts
             if final:
                 s.done = s.final_reported = True
                 self._live[slot] = False
-                return Update(s, [], [], "", True, end, seg)
+                return Update(s, [], [], "", True, end, seg, [seg])
             self._cut_at[slot] = s._cuts.pop(0) if s._cuts else -1
             self._utt_start[slot] = end
         with torch.inference_mode():
@@ -584,14 +653,14 @@ class Engine:
             a[slot] = 0
         self._last_token[slot] = -1
         s.tokens, s.stamps_ms, s.text = [], [], ""
-        return Update(s, [], [], "", False, end, seg)
+        return Update(s, [], [], "", False, end, seg, [seg])
 
     # ---- whole signals -------------------------------------------------------------------------------------------
-    def transcribe(self, pcm, lookahead_ms: int | None = None) -> Result:
+    def transcribe(self, pcm, lookahead_ms: int | None = None, language: str | None = None) -> Result:
         """Stream one whole signal through the engine, chunk by chunk, and return its final result."""
-        return self.transcribe_many([pcm], lookahead_ms)[0]
+        return self.transcribe_many([pcm], lookahead_ms, language)[0]
 
-    def transcribe_many(self, pcms, lookahead_ms: int | None = None) -> list[Result]:
+    def transcribe_many(self, pcms, lookahead_ms: int | None = None, language: str | None = None) -> list[Result]:
         """Stream several whole signals at once, each its own stream, batched into the same steps -> their final
         results, in order (every segment's tokens, timestamps and text together, with the engine's endpointing).
         Needs a free stream slot per signal; the audio is pushed as the steps consume it; the streams are closed on
@@ -599,7 +668,7 @@ class Engine:
         streams, pcms = [], [_as_float_pcm(p, self.cfg.sample_rate, self.cfg.sample_rate) for p in pcms]
         try:
             for _ in pcms:
-                streams.append(self.open_stream(lookahead_ms))
+                streams.append(self.open_stream(lookahead_ms, language=language))
             pos = [0] * len(pcms)
             parts: list[list[Segment]] = [[] for _ in pcms]
             index = {s.id: i for i, s in enumerate(streams)}
@@ -613,8 +682,7 @@ class Engine:
                         if pos[i] == len(pcms[i]):
                             s.finish()
                 for u in self.step(streams):
-                    if u.segment is not None:
-                        parts[index[u.stream.id]].append(u.segment)
+                    parts[index[u.stream.id]] += u.segments
             out = []
             for i, s in enumerate(streams):
                 segs = parts[i]

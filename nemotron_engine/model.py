@@ -41,6 +41,7 @@ class Model:
             lw["conv"] = _strip(lw, "conv.")  # the conv module's weights, keyed as the conv ops read them
         self.dec = _strip(w, "decoder.")
         self.joint = _strip(w, "joint.")
+        self.prompt = _strip(w, "prompt.")  # the language prompt's MLP (empty for models without one)
         # Relative positions a streaming step uses: query i in [0, T), key j in [0, C + T), T <= R_max + 1,
         # r = (C + i) - j in [-R_max, C + R_max].
         r_max = max(cfg.lookaheads)

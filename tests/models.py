@@ -29,8 +29,10 @@ def corpus() -> list:
 
 
 @lru_cache(maxsize=None)
-def tokenizer_dir() -> Path:
-    path = H.train_tokenizer(cache_dir() / "tokenizer")
+def tokenizer_dir(vocab_size: int = 96, eou: bool = False) -> Path:
+    """The harness's tokenizer; a larger one, or one holding the EOU models' <EOU> and <EOB> pieces, on request."""
+    name = "tokenizer" if (vocab_size, eou) == (96, False) else f"tokenizer-{vocab_size}{'-eou' if eou else ''}"
+    path = H.train_tokenizer(cache_dir() / name, vocab_size=vocab_size, extra_symbols=H.EOU_PIECES if eou else ())
     return path.parent if path.is_file() else path
 
 
@@ -44,7 +46,8 @@ def nemo_model(variant_id: str, seed: int = 1234):
     if nemo_path.is_file():
         model = H.load_nemo(nemo_path)
     else:
-        model = H.build_model(H.get_variant(variant_id), tokenizer_dir(), seed=seed,
+        v = H.get_variant(variant_id)
+        model = H.build_model(v, tokenizer_dir(v.vocab_size, v.model == "eou"), seed=seed,
                               calib_audio=[a for _, a in corpus()])
         H.save_nemo(model, nemo_path)
     if not (out / "config.json").is_file():

@@ -144,3 +144,23 @@ def test_gather_window_reuse(model):
     k0, _ = cache.gather_window(0, slots, start, reuse=True)
     cache.gather_window(1, slots, start, reuse=True)
     assert torch.equal(k0, own[1][0])  # the workspace's views show the latest gather
+
+
+def test_window_and_lookaheads_come_from_the_config():
+    """The pool's pages per stream follow the checkpoint's left context and longest lookahead (C + R_max + 1 rows):
+    5 pages of 16 for Nemotron 3.5's C = 56, R_max = 13 (70 rows), 6 for Nemotron's C = 70 (84 rows); the bytes per
+    stream and the memory report shrink with the window."""
+    from nemotron_engine.cache import pages_per_stream
+    from nemotron_engine.config import ModelConfig
+
+    small = dict(d_model=64, n_layers=2, n_heads=4, pred_hidden=16, joint_hidden=16, vocab_size=13088,
+                 blank_id=13088)
+    nemotron = ModelConfig(**small)
+    family = ModelConfig(**small, att_context_size=[[56, 13], [56, 6], [56, 3], [56, 1], [56, 0]])
+    assert (family.left_context, family.lookaheads) == (56, [13, 6, 3, 1, 0])
+    assert [family.lookahead_from_ms(ms) for ms in (80, 160, 320, 560, 1120)] == [0, 1, 3, 6, 13]
+    assert (pages_per_stream(family), pages_per_stream(nemotron)) == (5, 6)
+    per_family, per_nemotron = bytes_per_stream(family, torch.float32), bytes_per_stream(nemotron, torch.float32)
+    assert per_nemotron - per_family == 2 * 2 * 16 * 64 * 4 + 8  # a page of K and V per layer, one table entry
+    report = StreamCache(family, 3, torch.float32).memory_report()
+    assert report.pages_per_stream == 5 and report.bytes_per_stream == per_family

@@ -37,7 +37,7 @@ def _bytes(t):
     return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-@pytest.mark.parametrize("which", ["nemotron_like", "bias_bn_xscale", "hybrid"])
+@pytest.mark.parametrize("which", ["nemotron_like", "bias_bn_xscale", "hybrid", "prompt_rnnt", "eou"])
 def test_weights_round_trip_bit_exact(which):
     _, nemo_path, out = models.nemo_model(which)
     _, sd = _nemo_members(nemo_path)
@@ -180,3 +180,87 @@ def test_progress_for_large_checkpoints(converted, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.splitlines()
     assert any(line.startswith("hashing:") for line in err)
     assert any(line.startswith("model_weights.ckpt:") and line.endswith("MiB") for line in err)
+
+
+# ---- the model family: prompt-conditioned and end-of-utterance checkpoints ----------------------------------------
+def test_family_config():
+    """A prompt checkpoint's MLP, prompt width, language dictionary, left context 56 and five lookaheads, and its
+    1200-piece vocabulary; an EOU checkpoint's <EOU> / <EOB> ids, looked up by piece (they are not the last ids)."""
+    model, _, out = models.nemo_model("prompt_rnnt")
+    cfg = json.loads((out / "config.json").read_text())
+    md = model.cfg.model_defaults
+    assert cfg["model_class"] == "EncDecRNNTBPEModelWithPrompt"
+    assert cfg["num_prompts"] == md.num_prompts == 8
+    assert cfg["prompt_dictionary"] == dict(md.prompt_dictionary) and cfg["default_language"] == "auto"
+    assert cfg["att_context_size"] == [[56, 13], [56, 6], [56, 3], [56, 1], [56, 0]]
+    assert cfg["vocab_size"] == model.tokenizer.vocab_size == 1200 and cfg["blank_id"] == 1200
+    eng = load_file(str(out / "model.safetensors"))
+    assert torch.equal(eng["prompt.w1"], model.prompt_kernel[0].weight) and eng["prompt.w1"].shape == (96, 56)
+    assert torch.equal(eng["prompt.b2"], model.prompt_kernel[2].bias)
+    # a hybrid prompt model without "auto" has no default language
+    _, _, out = models.nemo_model("prompt_hybrid")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_class"] == "EncDecHybridRNNTCTCBPEModelWithPrompt" and cfg["default_language"] == ""
+    assert cfg["has_ctc"] and cfg["num_prompts"] == 7
+    model, _, out = models.nemo_model("eou")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_class"] == "EncDecRNNTBPEEOUModel" and cfg["num_prompts"] == 0
+    assert (cfg["eou_id"], cfg["eob_id"]) == (model.eou_token, model.eob_token) == (4, 5)
+
+
+def _edit_weights(src, dst, edit):
+    """Copy a .nemo tar, passing its state_dict through edit(dict)."""
+    with tarfile.open(src, "r:") as tin, tarfile.open(dst, "w:") as tout:
+        for m in tin:
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith("model_weights.ckpt"):
+                sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+                edit(sd)
+                buf = io.BytesIO()
+                torch.save(sd, buf)
+                data = buf.getvalue()
+                m.size = len(data)
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("model_defaults.num_prompts", 0, "model_defaults.num_prompts = 0"),
+    ("model_defaults.num_prompts", 9, "prompt_kernel.0.weight = [96, 56] (expected [2 d_model, d_model + num_prompts]"),
+    ("model_defaults.prompt_dictionary", {"en-US": 1, "de-DE": 8},
+     "model_defaults.prompt_dictionary = {'de-DE': 8} (indices must be integers in [0, 8))"),
+    ("model_defaults.prompt_dictionary", {}, "model_defaults.prompt_dictionary = {}"),
+], ids=["num_prompts-0", "num_prompts-mismatch", "index-out-of-range", "empty-dictionary"])
+def test_family_refusals(tmp_path, key, value, expect):
+    """Every prompt-specific value the engine cannot run is refused with one line naming the key and the value."""
+    from nemotron_engine.weights.convert import ConversionError, convert
+
+    _, nemo_path, _ = models.nemo_model("prompt_rnnt")
+    src = tmp_path / "bad.nemo"
+    _rewrite(nemo_path, src, _set(key, value))
+    with pytest.raises(ConversionError) as e:
+        convert(src, tmp_path / "out")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("unsupported model: ") and expect in msg, msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_eou_model_without_eou_piece_is_refused(tmp_path):
+    """An EOU checkpoint whose tokenizer lacks <EOU> (here: the plain 96-piece one swapped in) is refused."""
+    from nemotron_engine.weights.convert import ConversionError, build_config
+
+    model, nemo_path, _ = models.nemo_model("eou")
+    cfg, sd = _nemo_members(nemo_path)
+    pieces = [f"p{i}" for i in range(96)]
+    with pytest.raises(ConversionError, match=r"tokenizer = '<EOU>' \(an EOU model's tokenizer must hold"):
+        build_config(cfg, sd, nemo_path, "", pieces)
+
+
+def test_prompt_mlp_shape_is_checked(tmp_path):
+    _, nemo_path, _ = models.nemo_model("prompt_rnnt")
+    src = tmp_path / "bad.nemo"
+    _edit_weights(nemo_path, src,
+                  lambda sd: sd.update({"prompt_kernel.2.weight": sd["prompt_kernel.2.weight"][:, :-1]}))
+    from nemotron_engine.weights.convert import ConversionError, convert
+
+    with pytest.raises(ConversionError, match=r"prompt_kernel.2.weight = \[48, 95\] \(expected \[d_model, 2 d_model\]"):
+        convert(src, tmp_path / "out")

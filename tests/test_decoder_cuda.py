@@ -58,6 +58,10 @@ SIZES = {
     "odd": (19, 14, 10, 18, 10, 1, 2),  # sizes not multiples of 4: the scalar path
     "deep": (40, 32, 24, 28, 20, 3, 4),
     "nemotron": (1024, 640, 640, 640, 1024, 2, 10),
+    # Nemotron 3.5 ASR Streaming's 13,088 pieces: the class loop over V + 1 = 13,089 rows, at test width and at
+    # the real width
+    "wide_vocab": (24, 16, 16, 20, 13088, 2, 3),
+    "nemotron35": (1024, 640, 640, 640, 13088, 2, 10),
 }
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 DTYPE_IDS = {torch.float32: "fp32", torch.bfloat16: "bf16"}
@@ -340,6 +344,7 @@ EMU_CASES = [
     ("deep", torch.float32, 6, 4, 4, 128),
     ("small", torch.bfloat16, 9, 5, 4, 64),
     ("deep", torch.bfloat16, 5, 4, 1, 96),
+    ("wide_vocab", torch.float32, 5, 4, 2, 64),
 ]
 
 
@@ -630,7 +635,7 @@ def test_grid_workspace_bytes():
 
 # ---- the kernel on the GPU ----------------------------------------------------------------------------------------
 GPU_CASES = [(size, b) for size in ("small", "odd", "deep") for b in (1, 3, 17, 300)] + [
-    ("nemotron", 1), ("nemotron", 3), ("nemotron", 17), ("nemotron", 300)]
+    ("nemotron", 1), ("nemotron", 3), ("nemotron", 17), ("nemotron", 300), ("nemotron35", 17), ("nemotron35", 300)]
 
 
 @pytest.mark.gpu

@@ -23,6 +23,22 @@ def test_parity_tool_passes_and_prints_a_table(tmp_path):
     assert len(rows) == 2 and all(" yes " in row for row in rows)
 
 
+def test_parity_tool_family(tmp_path, capsys):
+    """A prompt model in a chosen language (and an unknown one refused, listing the valid keys); an EOU model,
+    whose <EOU> tokens close segments mid-stream."""
+    _, nemo_path, _ = models.nemo_model("prompt_rnnt")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, models.corpus()[0][1][:32000], 16000, subtype="FLOAT")
+    assert run_parity(str(nemo_path), [str(wav)], [160], language="de-DE") == 0
+    out = capsys.readouterr().out
+    assert "language 'de-DE' (prompt index 2)" in out and "all equal" in out
+    assert run_parity(str(nemo_path), [str(wav)], [160], language="xx") == 2
+    assert "choose one of 'auto', 'de-DE'" in capsys.readouterr().err
+    _, nemo_path, _ = models.nemo_model("eou")
+    assert run_parity(str(nemo_path), [str(wav)], [560]) == 0
+    assert "all equal" in capsys.readouterr().out
+
+
 def test_parity_tool_fails_on_a_mismatch(tmp_path, monkeypatch, capsys):
     _, nemo_path, _ = models.nemo_model("nemotron_like")
     wav = tmp_path / "a.wav"

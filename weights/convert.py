@@ -8,7 +8,15 @@ docs/streaming.md#10-checkpoint-format).
 
 Only models the engine runs exactly are accepted: cache-aware FastConformer (rel_pos attention, chunked_limited
 context, dw_striding x8 causal subsampling, causal conv) with an RNN-T decoder (the RNN-T branch of a hybrid
-RNN-T + CTC model too; its CTC head is kept as `ctc.*`). Anything else is refused with one line naming the key.
+RNN-T + CTC model too; its CTC head is kept as `ctc.*`). The model family is accepted too:
+- prompt-conditioned checkpoints (NeMo's EncDecRNNTBPEModelWithPrompt / EncDecHybridRNNTCTCBPEModelWithPrompt,
+  e.g. Nemotron 3.5 ASR Streaming): the prompt MLP `prompt_kernel` (kept as `prompt.*`), `model_defaults.num_prompts`
+  and the language dictionary `model_defaults.prompt_dictionary` (language key -> one-hot index); the default
+  language is "auto" where the dictionary has it (the default of NeMo's prompt transcription), else none;
+- end-of-utterance checkpoints (NeMo's EncDecRNNTBPEEOUModel / EncDecHybridRNNTCTCBPEEOUModel): the ids of the
+  tokenizer's `<EOU>` and `<EOB>` pieces, looked up by name.
+The left context and the lookaheads are the checkpoint's own (encoder.att_context_size). Anything else is refused
+with one line naming the key.
 Tensors are copied bit for bit (reshaped at most); nothing is folded, so round trips are exact.
 """
 from __future__ import annotations
@@ -96,7 +104,14 @@ WEIGHT_MAP = {
     "joint.joint_net.{}.bias": "joint.out.bias",
     "ctc_decoder.decoder_layers.0.weight": "ctc.weight",
     "ctc_decoder.decoder_layers.0.bias": "ctc.bias",
+    # the language prompt's MLP (PromptStreamingMixin.prompt_kernel: Linear(D + P, 2D), ReLU, Linear(2D, D))
+    "prompt_kernel.0.weight": "prompt.w1",
+    "prompt_kernel.0.bias": "prompt.b1",
+    "prompt_kernel.2.weight": "prompt.w2",
+    "prompt_kernel.2.bias": "prompt.b2",
 }
+# the end-of-utterance models' pieces (NeMo asr_eou_models: EOU_STRING, EOB_STRING)
+EOU_PIECES = ("<EOU>", "<EOB>")
 # encoder-level biases shared by every layer when untie_biases is false
 SHARED_POS_BIAS = {"encoder.pos_bias_u": "att.pos_bias_u", "encoder.pos_bias_v": "att.pos_bias_v"}
 # state_dict entries that carry no weights
@@ -203,8 +218,44 @@ def _target(cfg: dict, section: str) -> str:
     return str(_get(cfg, f"{section}._target_", "") or "")
 
 
-def build_config(cfg: dict, sd: dict, source: Path, sha256: str) -> ModelConfig:
-    """Check that `cfg`/`sd` describe a model the engine runs exactly and return its ModelConfig."""
+def _prompt_config(cfg: dict, sd: dict, d_model: int) -> dict:
+    """num_prompts, prompt_dictionary and default_language of a prompt-conditioned checkpoint ({} for others)."""
+    if "prompt_kernel.0.weight" not in sd:
+        return {}
+    md = cfg.get("model_defaults") if isinstance(cfg.get("model_defaults"), dict) else {}
+    # NeMo: model_defaults.num_prompts, copied to the top-level num_prompts that prompt_kernel is built from; 128
+    p = md.get("num_prompts", cfg.get("num_prompts", 128))
+    _require(isinstance(p, int) and p > 0, "model_defaults.num_prompts", p, "a prompt model needs num_prompts > 0")
+    w1, w2 = sd["prompt_kernel.0.weight"], sd.get("prompt_kernel.2.weight")
+    _require(tuple(w1.shape) == (2 * d_model, d_model + p), "prompt_kernel.0.weight", list(w1.shape),
+             f"expected [2 d_model, d_model + num_prompts] = [{2 * d_model}, {d_model + p}]")
+    _require(w2 is not None and tuple(w2.shape) == (d_model, 2 * d_model), "prompt_kernel.2.weight",
+             None if w2 is None else list(w2.shape), f"expected [d_model, 2 d_model] = [{d_model}, {2 * d_model}]")
+    langs = md.get("prompt_dictionary")
+    _require(isinstance(langs, dict) and len(langs) > 0, "model_defaults.prompt_dictionary", langs,
+             "a prompt model needs its language dictionary")
+    bad = {k: v for k, v in langs.items() if not (isinstance(v, int) and 0 <= v < p)}
+    _require(not bad, "model_defaults.prompt_dictionary", bad, f"indices must be integers in [0, {p})")
+    return {"num_prompts": p, "prompt_dictionary": {str(k): int(v) for k, v in langs.items()},
+            "default_language": "auto" if "auto" in langs else ""}
+
+
+def _eou_config(model_class: str, pieces: list[str] | None, vocab: int) -> dict:
+    """eou_id and eob_id of an end-of-utterance checkpoint ({} for others): its tokenizer's <EOU>, <EOB> pieces."""
+    if not model_class.endswith("EOUModel"):
+        return {}
+    ids = {}
+    for name, piece in zip(("eou_id", "eob_id"), EOU_PIECES):
+        _require(pieces is not None and piece in pieces, "tokenizer", piece,
+                 f"an EOU model's tokenizer must hold the piece {piece}")
+        ids[name] = pieces.index(piece)
+        _require(ids[name] < vocab, "tokenizer", piece, f"id {ids[name]} is outside the joint's {vocab} classes")
+    return ids
+
+
+def build_config(cfg: dict, sd: dict, source: Path, sha256: str, pieces: list[str] | None = None) -> ModelConfig:
+    """Check that `cfg`/`sd` describe a model the engine runs exactly and return its ModelConfig. pieces: the
+    tokenizer's pieces by id (an EOU model's <EOU> and <EOB> are looked up there)."""
     for section in ("preprocessor", "encoder", "decoder"):
         _require(isinstance(cfg.get(section), dict), section, None, "section missing")
     _require(isinstance(cfg.get("joint"), dict), "joint", None,
@@ -315,6 +366,7 @@ def build_config(cfg: dict, sd: dict, source: Path, sha256: str) -> ModelConfig:
     model_class = str(cfg.get("target", "") or "").rsplit(".", 1)[-1] or (
         "EncDecHybridRNNTCTCBPEModel" if "aux_ctc" in cfg else "EncDecRNNTBPEModel")
     pred_hidden = int(sd["decoder.prediction.dec_rnn.lstm.weight_hh_l0"].shape[1])
+    family = {**_prompt_config(cfg, sd, d_model), **_eou_config(model_class, pieces, vocab)}
     return ModelConfig(
         sample_rate=sr, n_fft=int(n_fft), win_length=win, hop_length=hop, n_mels=n_mels,
         preemph=float(preemph) if preemph is not None else 0.0,
@@ -328,7 +380,7 @@ def build_config(cfg: dict, sd: dict, source: Path, sha256: str) -> ModelConfig:
         vocab_size=vocab, blank_id=vocab, pred_hidden=pred_hidden, pred_rnn_layers=lstm_layers,
         joint_hidden=int(sd["joint.enc.weight"].shape[0]), max_symbols=max_symbols,
         has_ctc="ctc_decoder.decoder_layers.0.weight" in sd,
-        model_class=model_class, source_file=source.name, source_sha256=sha256,
+        model_class=model_class, source_file=source.name, source_sha256=sha256, **family,
     )
 
 
@@ -370,6 +422,8 @@ def map_weights(sd: dict, cfg: ModelConfig) -> dict:
         out[name] = t.contiguous()
     required = ["frontend.window", "frontend.fb", "subsample.out.weight", "decoder.embed", "joint.out.weight"]
     required += [f"layers.{i}.att.pos_bias_u" for i in range(cfg.n_layers)]
+    if cfg.num_prompts:
+        required += ["prompt.w1", "prompt.b1", "prompt.w2", "prompt.b2"]
     missing = [k for k in required if k not in out]
     if missing:
         raise ConversionError(f"checkpoint is missing tensors: {missing[:5]}")
@@ -424,7 +478,11 @@ def convert(src: str | Path, out_dir: str | Path, force: bool = False) -> ModelC
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
-        mcfg = build_config(cfg, sd, src, sha)
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=str(tmp / "tokenizer.model"))
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        mcfg = build_config(cfg, sd, src, sha, pieces)
         tensors = map_weights(sd, mcfg)
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"source_sha256": sha})
         del sd, tensors

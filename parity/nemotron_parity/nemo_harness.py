@@ -52,7 +52,12 @@ class Variant:
     """One small cache-aware FastConformer RNN-T configuration.
 
     Attributes mirror the NeMo config keys they set (encoder.*, decoder.prednet.*, joint.jointnet.*).
-    `model` is "rnnt" (EncDecRNNTBPEModel) or "hybrid" (EncDecHybridRNNTCTCBPEModel).
+    `model` is "rnnt" (EncDecRNNTBPEModel), "hybrid" (EncDecHybridRNNTCTCBPEModel), "prompt"
+    (EncDecRNNTBPEModelWithPrompt), "prompt_hybrid" (EncDecHybridRNNTCTCBPEModelWithPrompt) or "eou"
+    (EncDecRNNTBPEEOUModel). `vocab_size`: SentencePiece pieces (the harness's 96-piece tokenizer unless set);
+    `prompts`: the prompt dictionary ((language, index), ...) of a prompt model, `num_prompts` its one-hot width,
+    the first language the default (NeMo's transcribe default "auto"); an "eou" model's tokenizer holds `<EOU>` and
+    `<EOB>` pieces.
     """
 
     id: str
@@ -74,6 +79,17 @@ class Variant:
     joint_hidden: int = 32
     joint_dropout: float = 0.1
     max_symbols: int = 10
+    vocab_size: int = 96
+    prompts: tuple = ()
+    num_prompts: int = 0
+
+    @property
+    def is_prompt(self) -> bool:
+        return self.model in ("prompt", "prompt_hybrid")
+
+    @property
+    def is_hybrid(self) -> bool:
+        return self.model in ("hybrid", "prompt_hybrid")
 
     @property
     def d_head(self) -> int:
@@ -144,6 +160,25 @@ VARIANTS: list[Variant] = [
 VARIANT_IDS: list[str] = [v.id for v in VARIANTS]
 VARIANTS_BY_ID: dict[str, Variant] = {v.id: v for v in VARIANTS}
 
+# The model family (not in the parity matrix above; tests/test_parity_family.py): the distinguishing features of
+# Nemotron 3.5 ASR Streaming (left context 56 with five lookaheads 80 .. 1120 ms, a language prompt, a vocabulary
+# larger than Nemotron's 1024 pieces) and of the end-of-utterance models, at test size.
+FAMILY_PROMPTS = (("auto", 0), ("en-US", 1), ("de-DE", 2), ("fr-FR", 3), ("es-ES", 6))
+FAMILY_CONTEXTS = ((56, 13), (56, 6), (56, 3), (56, 1), (56, 0))
+FAMILY_VARIANTS: list[Variant] = [
+    Variant(id="prompt_rnnt", model="prompt", d_model=48, n_heads=4, n_layers=2, subsampling_conv_channels=8,
+            att_context_size=FAMILY_CONTEXTS, pred_hidden=24, joint_hidden=24, vocab_size=1200,
+            prompts=FAMILY_PROMPTS, num_prompts=8),
+    Variant(id="prompt_hybrid", model="prompt_hybrid", d_model=40, n_heads=2, n_layers=2, subsampling_conv_channels=8,
+            conv_norm_type="batch_norm", use_bias=True, xscaling=True, untie_biases=False,
+            att_context_size=FAMILY_CONTEXTS, pred_hidden=24, pred_rnn_layers=1, joint_hidden=24,
+            prompts=FAMILY_PROMPTS[1:], num_prompts=7),
+    Variant(id="eou", model="eou", d_model=48, n_heads=4, n_layers=2, subsampling_conv_channels=8,
+            pred_hidden=24, joint_hidden=24),
+]
+FAMILY_BY_ID: dict[str, Variant] = {v.id: v for v in FAMILY_VARIANTS}
+EOU_PIECES = ("<EOU>", "<EOB>")
+
 # A very small variant for quick self-tests of the harness (not part of the parity matrix).
 TINY = Variant(id="tiny", d_model=32, n_heads=2, n_layers=2, subsampling_conv_channels=8, pred_hidden=24,
                joint_hidden=24)
@@ -153,6 +188,8 @@ def get_variant(variant_id: str) -> Variant:
     """Look up a variant by id (VARIANTS plus "tiny")."""
     if variant_id == TINY.id:
         return TINY
+    if variant_id in FAMILY_BY_ID:
+        return FAMILY_BY_ID[variant_id]
     return VARIANTS_BY_ID[variant_id]
 
 
@@ -173,7 +210,8 @@ EXTRA_TEXTS: list[str] = [
 ]
 
 
-def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequence[str]] = None) -> Path:
+def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequence[str]] = None,
+                    extra_symbols: Sequence[str] = ()) -> Path:
     """Train a SentencePiece BPE tokenizer usable as a NeMo `tokenizer: {dir: out_dir, type: bpe}`.
 
     Writes out_dir/tokenizer.model, out_dir/tokenizer.vocab and out_dir/vocab.txt (NeMo registers vocab.txt as
@@ -181,10 +219,16 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequenc
     are always standalone pieces (and NeMo's extract_punctuation_from_vocab finds them: it collects punctuation
     characters from pieces that do not start with "▁" and are not <special>). Follows NeMo's tokenizer-script
     conventions: <unk> = 0, no bos/eos, character_coverage 1.0. Deterministic. Returns out_dir.
+    `extra_symbols` are more user-defined pieces (the EOU models' "<EOU>", "<EOB>"); above 128 pieces the
+    default text is completed with the benchmark's pseudo-English (`bench.synthetic_text`).
     """
     import sentencepiece as spm
 
-    if not 64 <= vocab_size <= 128:
+    if texts is None and vocab_size > 128:
+        from .bench import synthetic_text
+
+        texts = list(SENTENCES) + EXTRA_TEXTS + synthetic_text(n_sentences=4000)
+    if texts is None and not 64 <= vocab_size <= 128:
         raise ValueError("vocab_size should be in 64..128 for the tiny test models")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +245,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequenc
         bos_id=-1,
         eos_id=-1,
         pad_id=-1,
-        user_defined_symbols=[",", ".", "?"],
+        user_defined_symbols=[",", ".", "?", *extra_symbols],
         num_threads=1,
         minloglevel=2,
     )
@@ -212,7 +256,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequenc
     lines = []
     for i in range(sp.get_piece_size()):
         piece = sp.id_to_piece(i)
-        if sp.is_unknown(i) or sp.is_control(i):
+        if sp.is_unknown(i) or sp.is_control(i) or piece in extra_symbols:
             continue
         lines.append(piece[1:] if piece.startswith("\u2581") else f"##{piece}")
     (out_dir / "vocab.txt").write_text("\n".join(lines) + "\n")
@@ -309,7 +353,11 @@ def model_config(variant: Variant, tokenizer_dir: Path) -> dict:
         "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": v.max_symbols}},
         "loss": {"loss_name": "default"},
     }
-    if v.model == "hybrid":
+    if v.is_prompt:
+        # NeMo's prompt models read these from model_defaults; initialize_prompt_feature builds prompt_kernel
+        cfg["model_defaults"].update({"num_prompts": v.num_prompts, "prompt_dictionary": dict(v.prompts),
+                                      "initialize_prompt_feature": True})
+    if v.is_hybrid:
         cfg["aux_ctc"] = {
             "ctc_loss_weight": 0.3,
             "use_cer": False,
@@ -329,6 +377,20 @@ def _model_class(variant: Variant):
     """NeMo model class for the variant."""
     from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
+    if variant.model == "prompt":
+        from nemo.collections.asr.models.rnnt_bpe_models_prompt import EncDecRNNTBPEModelWithPrompt
+
+        return EncDecRNNTBPEModelWithPrompt
+    if variant.model == "prompt_hybrid":
+        from nemo.collections.asr.models.hybrid_rnnt_ctc_bpe_models_prompt import (
+            EncDecHybridRNNTCTCBPEModelWithPrompt,
+        )
+
+        return EncDecHybridRNNTCTCBPEModelWithPrompt
+    if variant.model == "eou":
+        from nemo.collections.asr.models.asr_eou_models import EncDecRNNTBPEEOUModel
+
+        return EncDecRNNTBPEEOUModel
     return EncDecHybridRNNTCTCBPEModel if variant.model == "hybrid" else EncDecRNNTBPEModel
 
 
@@ -349,7 +411,7 @@ def instantiate(variant: Variant, tokenizer_dir: Path, seed: int):
 # Randomisation
 # ----------------------------------------------------------------------------------------------------------------
 
-RANDOMISED_SUBMODULES = ("encoder", "decoder", "joint", "ctc_decoder")
+RANDOMISED_SUBMODULES = ("encoder", "decoder", "joint", "ctc_decoder", "prompt_kernel")
 
 
 def _randn(shape, g: torch.Generator) -> torch.Tensor:
@@ -476,8 +538,9 @@ def emission_stats_from_encoded(model, encoded_list: list[tuple[torch.Tensor, to
 
 def _encode_all(model, audios: Sequence[np.ndarray],
                 contexts: Optional[Sequence[Sequence[int]]] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Offline encoder outputs [(enc [1, D, T], len [1]), ...] for every audio and every att_context_size in
-    `contexts` (default: only the model's current default). The default context is restored afterwards."""
+    """Offline joint inputs [(enc [1, D, T], len [1]), ...] (the encoder outputs, through the language prompt where
+    one is set) for every audio and every att_context_size in `contexts` (default: only the model's current
+    default). The default context is restored afterwards."""
     default = list(model.encoder.att_context_size)
     out = []
     try:
@@ -485,7 +548,7 @@ def _encode_all(model, audios: Sequence[np.ndarray],
             model.encoder.set_default_att_context_size(list(ctx))
             for a in audios:
                 r = nemo_offline(model, a)
-                out.append((torch.from_numpy(r.encoded.T.copy())[None], torch.tensor([r.encoded.shape[0]])))
+                out.append((torch.from_numpy(r.joint_input.T.copy())[None], torch.tensor([r.encoded.shape[0]])))
     finally:
         model.encoder.set_default_att_context_size(default)
     return out
@@ -594,6 +657,36 @@ def calibrate(model, calib_audio: Sequence[np.ndarray], max_symbols: int = 10, t
     return st
 
 
+def calibrate_eou(model, calib_audio: Sequence[np.ndarray], share: float = 0.05, iters: int = 20) -> float:
+    """Make an EOU model emit `<EOU>` for about `share` of its tokens (offline greedy decoding by NeMo, frames of
+    every att_context_size pooled): bisect the output bias of the `<EOU>` class. A random model would otherwise emit
+    it about as rarely as any other of its pieces, and the tests need it mid-stream. Returns the share reached."""
+    lin = _joint_out_linear(model)
+    eou = int(model.tokenizer.token_to_id(EOU_PIECES[0]))
+    contexts = [list(c) for c in model.encoder.att_context_size_all]
+    enc, lens = _batch_encoded(_encode_all(model, calib_audio, contexts))
+
+    def share_at(bias: float) -> float:
+        with torch.no_grad():
+            lin.bias[eou] = bias
+        toks = [t for h in _greedy_from_encoded(model, enc, lens) for t in _as_int_list(h.y_sequence)]
+        return sum(t == eou for t in toks) / max(len(toks), 1)
+
+    base = float(lin.bias[eou])
+    spread = float(lin.bias.std()) + float(lin.weight.norm(dim=1).mean())
+    lo, hi = base, base + 4.0 * spread
+    while share_at(hi) < share and hi < base + 400.0 * spread:
+        hi += 4.0 * spread
+    got = 0.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        got = share_at(mid)
+        if abs(got - share) <= 0.3 * share:
+            break
+        lo, hi = (mid, hi) if got < share else (lo, mid)
+    return got
+
+
 def build_model(variant: Variant, tokenizer_dir: Path, seed: int, calib_audio: Sequence[np.ndarray]):
     """Build a calibrated random model for `variant` (eval mode, float32, CPU). Deterministic given `seed`.
 
@@ -612,9 +705,15 @@ def build_model(variant: Variant, tokenizer_dir: Path, seed: int, calib_audio: S
             _randomise_tree(sub, g)
     set_greedy_decoding(model, variant.max_symbols)
     model.encoder.set_default_att_context_size(list(variant.att_context_size[0]))
+    if variant.is_prompt:  # calibrated on what the joint sees in the default language
+        model.set_inference_prompt(variant.prompts[0][0])
     stats = calibrate(model, calib_audio, max_symbols=variant.max_symbols)
     if not (0.3 <= stats.fraction <= 0.7) or stats.distinct_tokens < 3:
         raise RuntimeError(f"calibration failed for {variant.id} seed {seed}: {stats}")
+    if variant.model == "eou":
+        eou_share = calibrate_eou(model, calib_audio)
+        if not 0.02 <= eou_share <= 0.15:
+            raise RuntimeError(f"EOU calibration failed for {variant.id} seed {seed}: <EOU> share {eou_share:.3f}")
     model._harness_meta = {"variant": variant, "seed": int(seed), "tokenizer_dir": str(tokenizer_dir),
                            "calibration": stats}
     model.eval()
@@ -763,6 +862,7 @@ class OfflineResult:
     features: np.ndarray  # [n_mels, T_mel] float32 preprocessor output (T_mel = L // 160 + 1)
     feature_length: int  # length passed to the encoder (L // 160, or T_mel with stream_length=True)
     att_context_size: list[int]
+    joint_input: Optional[np.ndarray] = None  # [T, D] what the joint sees: `encoded` through the prompt, if set
 
     def __iter__(self) -> Iterator:
         """Unpack as (encoded [T, D], tokens)."""
@@ -797,9 +897,12 @@ def nemo_offline(model, audio: np.ndarray, att_context_size: Optional[Sequence[i
         flen = torch.tensor([feats.shape[-1]], dtype=torch.int64)
     with torch.inference_mode():
         encoded, enc_len = model.encoder(audio_signal=feats, length=flen)  # [1, D, T], [1]
-        hyp = _greedy_from_encoded(model, encoded, enc_len)[0]
+        # a prompt model's language prompt, as conformer_stream_step applies it (a no-op unless one is set)
+        joint_input = model._apply_prompt_to_encoded(encoded)  # [1, D, T]
+        hyp = _greedy_from_encoded(model, joint_input, enc_len)[0]
     n = int(enc_len[0])
     return OfflineResult(
+        joint_input=joint_input[0, :, :n].T.contiguous().numpy().astype(np.float32),
         encoded=encoded[0, :, :n].T.contiguous().numpy().astype(np.float32),
         tokens=_as_int_list(hyp.y_sequence),
         timestamps=_as_int_list(hyp.timestamp),
@@ -827,6 +930,8 @@ class StreamResult:
     step_tokens: list[list[int]] = field(default_factory=list)  # cumulative tokens after each step
     chunk_frames: list[int] = field(default_factory=list)  # mel frames fed per step (incl. pre-encode cache)
     att_context_size: list[int] = field(default_factory=list)
+    step_joint_input: list[np.ndarray] = field(default_factory=list)  # per step: after the prompt [T_step, D]
+    language: Optional[str] = None
 
     @property
     def encoded(self) -> np.ndarray:
@@ -834,7 +939,8 @@ class StreamResult:
         return np.concatenate(self.step_encoded, axis=0) if self.step_encoded else np.zeros((0, 0), np.float32)
 
 
-def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> StreamResult:
+def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int],
+                language: Optional[str] = None) -> StreamResult:
     """Run NeMo cache-aware streaming on one utterance exactly as NeMo's streaming example script does.
 
     Follows examples/asr/asr_cache_aware_streaming/speech_to_text_cache_aware_streaming_infer.py (single audio
@@ -851,12 +957,17 @@ def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> St
     The per-step encoder output is captured by temporarily wrapping the encoder instance's
     cache_aware_stream_step (the very call conformer_stream_step makes), so tokens come from NeMo's own path.
     NeMo leaves the new att_context_size as the model's default afterwards; so does this function.
+    `language`: a prompt model's language, set with NeMo's `set_inference_prompt` before streaming (it stays set
+    afterwards, as in NeMo); the joint's input per step (after `_apply_prompt_to_encoded`, the hook
+    conformer_stream_step calls) is captured as well.
     """
     from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
 
     _quiet_nemo()
     model.encoder.set_default_att_context_size(list(att_context_size))
     set_greedy_decoding(model)
+    if language is not None:
+        model.set_inference_prompt(language)
     model.eval()
 
     buf = CacheAwareStreamingAudioBuffer(model=model, online_normalization=False, pad_and_drop_preencoded=False)
@@ -865,7 +976,16 @@ def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> St
     features = buf.buffer[0].detach().cpu().numpy().astype(np.float32)  # [F, T_mel]
 
     captured: list[np.ndarray] = []
+    captured_joint: list[np.ndarray] = []
     original = model.encoder.cache_aware_stream_step  # bound method
+    original_prompt = model._apply_prompt_to_encoded  # bound method
+
+    def capturing_prompt(encoded):
+        """Call NeMo's prompt hook unchanged and record what the joint gets (the valid frames of the step)."""
+        out = original_prompt(encoded)
+        captured_joint.append(out[0, :, : captured[-1].shape[0]].detach().T.contiguous().cpu().numpy()
+                              .astype(np.float32))
+        return out
 
     def capturing_step(*args, **kwargs):
         """Call NeMo's cache_aware_stream_step unchanged and record the valid encoder frames."""
@@ -883,6 +1003,7 @@ def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> St
     step_tokens: list[list[int]] = []
     chunk_frames: list[int] = []
     object.__setattr__(model.encoder, "cache_aware_stream_step", capturing_step)
+    object.__setattr__(model, "_apply_prompt_to_encoded", capturing_prompt)
     try:
         for step_num, (chunk_audio, chunk_lengths) in enumerate(iter(buf)):
             drop = 0 if step_num == 0 else model.encoder.streaming_cfg.drop_extra_pre_encoded
@@ -910,9 +1031,11 @@ def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> St
             step_tokens.append(_as_int_list(previous_hypotheses[0].y_sequence))
     finally:
         del model.encoder.cache_aware_stream_step  # remove the instance attribute, restoring the class method
+        del model._apply_prompt_to_encoded
 
     if previous_hypotheses is None:  # audio too short for a single chunk
-        return StreamResult([], [], "", captured, features, step_tokens, chunk_frames, list(att_context_size))
+        return StreamResult([], [], "", captured, features, step_tokens, chunk_frames, list(att_context_size),
+                            captured_joint, language)
     hyp = previous_hypotheses[0]
     blank = model.decoding.blank_id
     toks = _as_int_list(hyp.y_sequence)
@@ -927,6 +1050,8 @@ def nemo_stream(model, audio: np.ndarray, att_context_size: Sequence[int]) -> St
         step_tokens=step_tokens,
         chunk_frames=chunk_frames,
         att_context_size=list(att_context_size),
+        step_joint_input=captured_joint,
+        language=language,
     )
 
 
