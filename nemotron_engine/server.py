@@ -381,8 +381,10 @@ class Session:
             srv.metrics.sessions.inc()
             log.info("session %s opened from %s (%s; %d/%d slots in use)", self.id, self.peer, self.auth,
                      srv.reserved, self.opts.max_streams)
-            self.send(rt.event("conversation.created", conversation={"id": rt.new_id("conv"),
-                                                                     "object": "realtime.conversation"}))
+            conv = {"id": rt.new_id("conv"), "object": "realtime.conversation"}
+            if srv.replica is not None:  # under Ray Serve: which replica holds the session (clients ignore it)
+                conv["replica"] = srv.replica
+            self.send(rt.event("conversation.created", conversation=conv))
             self.recv_task = asyncio.create_task(self._receive_loop())
             await asyncio.wait({self.recv_task})
             if self.shutdown_task is not None:
@@ -716,6 +718,7 @@ class RealtimeServer:
         self._listener = None
         self._runner = None
         self.port = None
+        self.replica: str | None = None  # the Ray Serve replica's tag (serve_ray.py); None in this server
 
     def session_config(self, st: rt.Settings) -> dict:
         return rt.session_dict(st, self.lookaheads_ms, self.frame_ms)
