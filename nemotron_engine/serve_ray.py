@@ -36,11 +36,16 @@ totals and each replica's health, `GET /health/replica` the health of whichever 
 metrics (`ray_serve_*`, tagged by replica) are exported by Ray's metrics agent as usual.
 """
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +111,55 @@ class StarletteConnection(srv.Connection):
 
         if self._abort_task is None:
             self._abort_task = asyncio.get_running_loop().create_task(close())
+
+
+# ---- client secrets any replica can check ------------------------------------------------------------------------
+class RayRealtimeServer(srv.RealtimeServer):
+    """server.py's RealtimeServer with client secrets that any replica can check: the riva client mints its secret
+    with a POST that the proxy may hand to one replica and opens its WebSocket on another. A secret is
+    `EXPIRY.NONCE.MAC` with MAC = HMAC-SHA256(api key, "EXPIRY.NONCE"): a replica verifies it without asking the
+    one that issued it. Single use: each replica refuses a secret it has already taken, and before a replica takes
+    one it asks ReplicaDirectory whether another replica took it (`first_use`, filled by the WebSocket handler);
+    if the directory cannot answer (it is restarting), the replica's own record is all that holds."""
+
+    def __init__(self, opts: srv.ServeOptions, engine):
+        super().__init__(opts, engine)
+        self.taken: dict[str, float] = {}  # nonce -> expiry of the secrets this replica took
+        self.first_use: dict[str, bool] = {}  # secret -> the directory's answer, for the next redeem_secret
+
+    def _mac(self, msg: str) -> str:
+        d = hmac.new(self.opts.api_key.encode(), msg.encode(), hashlib.sha256).digest()[:18]
+        return base64.urlsafe_b64encode(d).decode()
+
+    def issue_secret(self) -> tuple[str, float]:
+        exp = int(time.time() + self.opts.secret_ttl_s)
+        msg = f"{exp}.{secrets.token_urlsafe(12)}"
+        return f"{msg}.{self._mac(msg)}", exp
+
+    def secret_valid(self, token: str) -> float | None:
+        """-> the expiry of a well-formed, authentic, unexpired secret, else None (single use not checked)."""
+        parts = token.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(parts[2], self._mac(f"{parts[0]}.{parts[1]}")):
+            return None
+        try:
+            exp = float(parts[0])
+        except ValueError:
+            return None
+        return exp if exp > time.time() else None
+
+    def redeem_secret(self, token: str) -> bool:
+        exp = self.secret_valid(token)
+        first = self.first_use.pop(token, True)
+        if exp is None:
+            return False
+        now = time.time()
+        for k in [k for k, e in self.taken.items() if e <= now]:
+            del self.taken[k]
+        nonce = token.split(".")[1]
+        if nonce in self.taken or not first:
+            return False
+        self.taken[nonce] = exp
+        return True
 
 
 # ---- finding the start of a drain --------------------------------------------------------------------------------
@@ -244,12 +298,23 @@ def _deployments():
 
         def __init__(self):
             self.reports: dict[str, tuple[float, dict, list]] = {}
+            self.secrets_taken: dict[str, float] = {}  # client secrets taken by some replica -> their expiry
 
         def report(self, replica: str, health: dict, families: list) -> None:
             self.reports[replica] = (time.monotonic(), health, families)
 
         def forget(self, replica: str) -> None:
             self.reports.pop(replica, None)
+
+        def redeem(self, token: str, expiry: float) -> bool:
+            """True the first time a client secret is offered to any replica."""
+            now = time.time()
+            for k in [k for k, e in self.secrets_taken.items() if e <= now]:
+                del self.secrets_taken[k]
+            if token in self.secrets_taken:
+                return False
+            self.secrets_taken[token] = expiry
+            return True
 
         def collect(self) -> dict[str, tuple[dict, list]]:
             now = time.monotonic()
@@ -268,8 +333,15 @@ def _deployments():
             import numpy as np
 
             self.opts = srv.ServeOptions(**opts)
+            pkg_log = logging.getLogger("nemotron_engine")
+            if not pkg_log.handlers:  # the replica's stderr: Ray's log files, and the driver's console
+                h = logging.StreamHandler(sys.stderr)
+                h.setFormatter(logging.Formatter("%(asctime)s nemotron-engine replica %(levelname)s: %(message)s"))
+                pkg_log.addHandler(h)
+                pkg_log.setLevel(logging.INFO)
+                pkg_log.propagate = False
             engine, load_s, threads = await asyncio.to_thread(srv.load_engine, self.opts)
-            self.server = srv.RealtimeServer(self.opts, engine)
+            self.server = RayRealtimeServer(self.opts, engine)
             self.server.replica = serve.get_replica_context().replica_tag
             self.directory = directory
             la = self.server.default_settings.lookahead_ms
@@ -341,6 +413,8 @@ def _deployments():
             offered = [p.strip() for h in websocket.headers.getlist("sec-websocket-protocol")
                        for p in h.split(",") if p.strip()]
             server = self.server
+            if server.opts.api_key and self.directory is not None:
+                await self._ask_first_use(offered)
             if server.stopping:  # a router that has not yet heard of the drain: refused as a full replica
                 status, body, auth = 200, None, "draining"
             else:
@@ -356,6 +430,17 @@ def _deployments():
             await websocket.accept(subprotocol=srv.SUBPROTOCOL if srv.SUBPROTOCOL in offered else None)
             conn = StarletteConnection(websocket, 4 * self.opts.max_message_bytes)
             await srv.Session(server, conn, auth).run()
+
+        async def _ask_first_use(self, offered: list[str]) -> None:
+            for p in offered:
+                if p.startswith(srv.TOKEN_PREFIX):
+                    token = p[len(srv.TOKEN_PREFIX):]
+                    exp = self.server.secret_valid(token)
+                    if exp is not None:
+                        with contextlib.suppress(Exception):
+                            self.server.first_use[token] = await asyncio.wait_for(
+                                self.directory.redeem.remote(token, exp), 5.0)
+                    return
 
         @app.get("/health")
         @app.get("/health/ready")
@@ -404,6 +489,18 @@ def placement(opts: srv.ServeOptions, cpus_per_replica: float | None = None) -> 
     return {"num_cpus": cpus_per_replica or opts.threads or 1}
 
 
+def replica_options(opts: srv.ServeOptions, cpus_per_replica: float | None = None) -> srv.ServeOptions:
+    """The options each replica runs with: its torch threads = its CPUs on CPU (1 on CUDA), the model's absolute
+    path (a replica's working directory is Ray's, not ours)."""
+    if opts.device.startswith("cuda") and opts.device != "cuda":
+        raise ValueError(f"--device {opts.device}: under Ray each replica gets its own GPU as 'cuda'; pass --device "
+                         "cuda")
+    if opts.threads is None:
+        opts = dataclasses.replace(opts, threads=1 if opts.device.startswith("cuda") else
+                                   max(1, int(cpus_per_replica or 1)))
+    return dataclasses.replace(opts, model=str(Path(opts.model).resolve()))
+
+
 def build(opts: srv.ServeOptions, replicas: int = 1, cpus_per_replica: float | None = None,
           graceful_shutdown_timeout_s: float | None = None, version: str | None = None):
     """The application: `replicas` NemotronASR replicas and the ReplicaDirectory, ready for serve.run. `version`:
@@ -412,13 +509,7 @@ def build(opts: srv.ServeOptions, replicas: int = 1, cpus_per_replica: float | N
     from ray.serve.config import RequestRouterConfig
 
     NemotronASR, ReplicaDirectory, _ = deployments()
-    if opts.device.startswith("cuda") and opts.device != "cuda":
-        raise ValueError(f"--device {opts.device}: under Ray each replica gets its own GPU as 'cuda'; pass --device "
-                         "cuda")
-    if opts.threads is None:
-        opts = dataclasses.replace(opts, threads=int(cpus_per_replica or 1) if not opts.device.startswith("cuda")
-                                   else 1)
-    opts = dataclasses.replace(opts, model=str(Path(opts.model).resolve()))
+    opts = replica_options(opts, cpus_per_replica)
     if version is not None:
         # Ray 2.60 keeps a deployment's version out of the public options (a config file deployed with `serve
         # deploy` gets the same in-place scaling from Serve itself); serve.run from Python reaches it this way

@@ -981,6 +981,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-interval-s", type=float, default=d.stats_interval_s,
                    help=f"seconds between status lines on stderr (default {d.stats_interval_s:g})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    r = p.add_argument_group("Ray Serve (serve_ray.py, docs/ray.md)")
+    r.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application: --replicas engines behind Ray's proxy on --host:--port")
+    r.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1); one GPU each on CUDA")
+    r.add_argument("--ray-address", default=None,
+                   help="the Ray cluster to join ('auto': the one `ray start` runs here; default: start a local one)")
+    r.add_argument("--cpus-per-replica", type=float, default=None,
+                   help="Ray CPUs a replica holds (default: --threads, else 1; on CUDA 1 beside its GPU)")
 
 
 def missing_dependencies() -> str | None:
@@ -1014,6 +1022,13 @@ def cli_run(args) -> int:
             return 2
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
                         format="%(asctime)s nemotron-engine serve %(levelname)s: %(message)s")
+    if args.ray:
+        from . import serve_ray
+
+        if args.replicas < 1 or opts.port == 0:
+            _err("--ray needs --replicas of at least 1 and a fixed --port (Ray's proxy does not take port 0)")
+            return 2
+        return serve_ray.cli_run(opts, args.replicas, args.ray_address, args.cpus_per_replica)
     return serve(opts)
 
 

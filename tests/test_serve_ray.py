@@ -11,6 +11,7 @@ Marked `ray` (pytest -m ray, or -m "not ray" to leave it out): it starts a Ray c
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import socket
 import threading
@@ -43,6 +44,7 @@ EXAMPLES = sorted((DEMO / "examples").glob("*.wav"))
 LA = 1120
 SLOTS = 3  # per replica
 REPLICAS = 2
+API_KEY = "ray-test-key"  # auth on: minted secrets must work on whichever replica takes the WebSocket
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 
@@ -106,7 +108,7 @@ def app():
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         opts = srv.ServeOptions(model=str(DEMO), max_streams=SLOTS, lookahead_ms=LA, threads=1, heartbeat_s=0,
-                                idle_timeout_s=10, max_queued_s=1, shutdown_timeout_s=15)
+                                idle_timeout_s=10, max_queued_s=1, shutdown_timeout_s=15, api_key=API_KEY)
         a = RayApp(port, opts)
         a.deploy(REPLICAS)
         a.wait_ready(REPLICAS)
@@ -148,7 +150,7 @@ class Client:
         self.sent = 0  # bytes of audio sent
 
     async def open(self) -> dict:
-        self.ws = await websockets.connect(self.app.ws_url)
+        self.ws = await websockets.connect(self.app.ws_url, additional_headers={"Authorization": f"Bearer {API_KEY}"})
         first = json.loads(await self.ws.recv())
         if first["type"] == "conversation.created":
             self.replica = first["conversation"]["replica"]
@@ -223,20 +225,49 @@ def test_sessions_spread_over_replicas_with_exact_transcripts(app, engine):
 
 
 def test_riva_client_through_ray(app, engine):
-    """NVIDIA's RealtimeClientASR, unmodified, in the riva script's file mode (the WAV file's bytes, word times)."""
-    from test_server import drive_riva, riva_args
+    """NVIDIA's RealtimeClientASR, unmodified, in the riva script's file mode (the WAV file's bytes, word times),
+    minting its client secret with the API key; a minted secret opens one session on whichever replica, once."""
     from riva.client.asr import AudioChunkFileIterator, get_wav_file_parameters
+    from test_server import drive_riva, riva_args
 
     f = EXAMPLES[3]
     want = engine.transcribe(read_audio(f, 16000)[0], LA)
     wav = get_wav_file_parameters(f)
     args = riva_args(app, "--word-time-offsets", "--sample-rate-hz", str(wav["framerate"]), "--num-channels",
-                     str(wav["nchannels"]))
+                     str(wav["nchannels"]), "--mint-api-key", API_KEY)
     client, events = run(drive_riva(args, AudioChunkFileIterator(str(f), 1600)))
     assert client.final_transcript == want.text and want.text
     done = [e for e in events if e["type"] == COMPLETED]
     assert len(done) == 1 and done[0]["is_last_result"]
     assert " ".join(w["word"] for w in done[0]["words_info"]["words"]) == want.text
+
+    def mint() -> str:
+        req = urllib.request.Request(f"http://127.0.0.1:{app.port}{srv.SESSIONS_PATH}", data=b"{}", method="POST",
+                                     headers={"Authorization": f"Bearer {API_KEY}"})
+        return json.loads(urllib.request.urlopen(req).read())["client_secret"]["value"]
+
+    async def use(secret):
+        ws = await websockets.connect(app.ws_url, subprotocols=["realtime", f"realtime-token.{secret}"])
+        first = json.loads(await ws.recv())
+        await ws.close()
+        return ws.subprotocol, first["conversation"]["replica"]
+
+    async def go():
+        # minted by the first replica (none busy), taken by the second (the first holds a session)
+        secret = mint()
+        held = Client(app, EXAMPLES[0])
+        await held.open()
+        sub, rep = await use(secret)
+        assert sub == "realtime" and rep != held.replica
+        await held.ws.close()
+        for _ in range(REPLICAS):  # refused on every replica: the directory remembers it
+            with pytest.raises(websockets.InvalidStatus):
+                await use(secret)
+        with pytest.raises(websockets.InvalidStatus):
+            await websockets.connect(app.ws_url)
+        return {rep, held.replica}
+
+    assert len(run(go())) == REPLICAS
 
 
 def test_admission_fills_free_replicas_then_refuses(app, engine):
@@ -361,3 +392,41 @@ def test_scale_down_drains_without_losing_a_session(app, engine):
 
     run(go())
     app.wait_ready(1)
+
+
+def test_client_secrets_any_replica_can_check(engine):
+    """With --api-key, a secret minted by one replica is taken by another (an HMAC over its expiry and nonce, no
+    shared state), once; a forged, altered or expired one is refused. No cluster needed."""
+    opts = srv.ServeOptions(model=str(DEMO), api_key="k-1", secret_ttl_s=60)
+    a, b = serve_ray.RayRealtimeServer(opts, engine), serve_ray.RayRealtimeServer(opts, engine)
+    status, cfg = a.mint_session("Bearer k-1", b"{}", "peer")
+    assert status == 200
+    token = cfg["client_secret"]["value"]
+    assert b.secret_valid(token) and b.redeem_secret(token)
+    assert not b.redeem_secret(token)  # single use on a replica
+    a.first_use[token] = False  # the directory: another replica took it
+    assert not a.redeem_secret(token)
+    exp, nonce, mac = token.split(".")
+    assert not b.redeem_secret(f"{int(exp) + 1000}.{nonce}.{mac}")
+    other = serve_ray.RayRealtimeServer(dataclasses.replace(opts, api_key="k-2"), engine)
+    assert not b.redeem_secret(other.issue_secret()[0])
+    stale = serve_ray.RayRealtimeServer(dataclasses.replace(opts, secret_ttl_s=-1), engine)
+    assert not b.redeem_secret(stale.issue_secret()[0])
+    assert b.admit_websocket("transcription", ["realtime", "realtime-token.x.y.z"], None, "peer")[0] == 401
+
+
+def test_build_app_from_config_args():
+    """The `serve run` config's args: ServeOptions fields plus replicas and cpus_per_replica; unknown ones are named.
+    On CPU a replica holds cpus_per_replica cores and as many torch threads; on CUDA one GPU."""
+    app = serve_ray.build_app({"model": str(DEMO), "max_streams": 5, "replicas": 3, "cpus_per_replica": 2})
+    dep = app._bound_deployment
+    assert dep.num_replicas == 3 and dep.max_ongoing_requests == 5 + serve_ray.SPARE
+    assert dep.ray_actor_options["num_cpus"] == 2
+    assert serve_ray.replica_options(srv.ServeOptions(model="weights/demo"), 2).threads == 2
+    assert Path(serve_ray.replica_options(srv.ServeOptions(model="weights/demo")).model).is_absolute()
+    gpu = serve_ray.build(srv.ServeOptions(model=str(DEMO), device="cuda"), 2)
+    assert gpu._bound_deployment.ray_actor_options == {"num_gpus": 1, "num_cpus": 1}
+    with pytest.raises(ValueError, match="unknown argument.*max_stream"):
+        serve_ray.build_app({"max_stream": 5})
+    with pytest.raises(ValueError, match="pass --device cuda"):
+        serve_ray.build(srv.ServeOptions(model=str(DEMO), device="cuda:1"))
