@@ -563,7 +563,7 @@ def cli_run(opts: srv.ServeOptions, replicas: int, address: str | None, cpus_per
         return 2
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(opts.threads or 1)}} if address is None else None)
-    serve.start(http_options={"host": opts.host, "port": opts.port})
+    serve.start(proxy_location="EveryNode", http_options={"host": opts.host, "port": opts.port})
     t0 = time.perf_counter()
     try:
         serve.run(build(opts, replicas, cpus_per_replica), name=APP_NAME, route_prefix="/")

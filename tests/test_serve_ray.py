@@ -99,6 +99,27 @@ class RayApp:
             time.sleep(0.25)
         raise AssertionError(f"not {replicas} ready replicas with all slots free after {timeout} s: {self.health()}")
 
+    def wait_routed(self, replicas: int, timeout: float = 30.0) -> None:
+        """Until the proxy routes to `replicas` replicas: a replica reports to the directory (wait_ready) a moment
+        before the proxy's router hears of it, and until then every session would go to the others."""
+        async def spread() -> int:
+            held = []
+            try:
+                for _ in range(replicas):
+                    c = Client(self, EXAMPLES[0])
+                    await c.open()
+                    held.append(c)
+                return len({c.replica for c in held})
+            finally:
+                for c in held:
+                    await c.ws.close()
+
+        t0 = time.monotonic()
+        while asyncio.run(spread()) < replicas:
+            assert time.monotonic() - t0 < timeout, f"the proxy does not route to {replicas} replicas"
+            time.sleep(0.5)
+        self.wait_ready(replicas)
+
 
 @pytest.fixture(scope="module")
 def app():
@@ -112,6 +133,7 @@ def app():
         a = RayApp(port, opts)
         a.deploy(REPLICAS)
         a.wait_ready(REPLICAS)
+        a.wait_routed(REPLICAS)
         yield a
     finally:
         serve.shutdown()
@@ -260,11 +282,13 @@ def test_riva_client_through_ray(app, engine):
         sub, rep = await use(secret)
         assert sub == "realtime" and rep != held.replica
         await held.ws.close()
-        for _ in range(REPLICAS):  # refused on every replica: the directory remembers it
-            with pytest.raises(websockets.InvalidStatus):
+        for _ in range(REPLICAS):  # refused on every replica, before the upgrade: the directory remembers it
+            with pytest.raises(websockets.InvalidStatus) as e:
                 await use(secret)
-        with pytest.raises(websockets.InvalidStatus):
+            assert e.value.response.status_code == 401
+        with pytest.raises(websockets.InvalidStatus) as e:
             await websockets.connect(app.ws_url)
+        assert e.value.response.status_code == 401
         return {rep, held.replica}
 
     assert len(run(go())) == REPLICAS
@@ -314,7 +338,7 @@ def replica_actor(tag: str):
 def test_killed_replica_loses_only_its_sessions(app, engine):
     """A replica killed mid-stream: its sessions' connections end; the other replica's sessions finish with exact
     transcripts; a new session is served at once; Serve brings the replica count back."""
-    app.wait_ready(REPLICAS)
+    app.wait_routed(REPLICAS)
 
     async def go():
         clients = [Client(app, EXAMPLES[i]) for i in range(4)]
@@ -355,7 +379,7 @@ def test_scale_down_drains_without_losing_a_session(app, engine):
     """Scaling 2 -> 1 replica while sessions stream on both: the drained replica's sessions get their final result
     (the audio sent so far, exact; is_last_result) and close 1001 (reconnect); the kept replica's sessions finish
     normally; none is lost."""
-    app.wait_ready(REPLICAS)
+    app.wait_routed(REPLICAS)
 
     async def go():
         clients = [Client(app, EXAMPLES[i]) for i in range(4)]
