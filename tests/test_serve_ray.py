@@ -328,6 +328,25 @@ def test_admission_fills_free_replicas_then_refuses(app, engine):
     run(go())
 
 
+def test_ws_loadtest_through_ray(app, engine):
+    """`nemotron-engine loadtest --url` against the Ray endpoint: 4 clients run 8 sessions back to back (minting
+    secrets), a quarter vanishing mid-stream: every other one held with the in-process engine's transcript, no
+    error, and the summed /metrics and /health show every slot of both replicas free at the end."""
+    from nemotron_engine.ws_loadtest import run_ws_load
+
+    app.wait_ready(REPLICAS)
+    rep = run_ws_load(app.ws_url, 4, LA, EXAMPLES[:2], sessions=8, eou_fraction=0.25, vanish_fraction=0.25,
+                      api_key=API_KEY, check_engine=engine, watch_s=0.5)
+    s = rep["sessions"]
+    assert (s["total"], s["vanished"], s["held"], s["rejected"]) == (8, 2, 6, 0), s
+    assert rep["transcripts"]["checked"] == 6 and rep["transcripts"]["matched"] == 6, rep["transcripts"]
+    assert rep["errors"] == {}, rep["errors"]
+    srv_ = rep["server"]
+    assert srv_["error"] is None and srv_["slots"] == srv_["slots_free_end"] == REPLICAS * SLOTS, srv_
+    assert srv_["engine_streams_end"] == 0, srv_
+    assert not any("leaked" in f for f in rep["failures"]), rep["failures"]
+
+
 def replica_actor(tag: str):
     for a in ray.util.list_named_actors(all_namespaces=True):
         if a["name"].startswith("SERVE_REPLICA::") and a["name"].endswith("#" + tag):
