@@ -291,7 +291,7 @@ def _deployments():
                 self._sent.pop(replica_id, None)
 
     @serve.deployment(name="ReplicaDirectory", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                      max_ongoing_requests=1000)
+                      max_ongoing_requests=1000, logging_config={"enable_access_log": False})
     class ReplicaDirectory:
         """The last metrics and health each engine replica reported; a replica silent for REPORT_MAX_AGE_S is
         dropped (killed or stopped). Holds nothing that a restart cannot rebuild within a second."""

@@ -473,3 +473,11 @@ def test_build_app_from_config_args():
         serve_ray.build_app({"max_stream": 5})
     with pytest.raises(ValueError, match="pass --device cuda"):
         serve_ray.build(srv.ServeOptions(model=str(DEMO), device="cuda:1"))
+
+
+def test_cli_refuses_port_zero(capsys):
+    """`serve --ray` needs a fixed port (Ray's proxy takes no port 0): said before any Ray start."""
+    from nemotron_engine.cli import main
+
+    assert main(["serve", "--ray", "--port", "0", "--model", str(DEMO)]) == 2
+    assert "fixed --port" in capsys.readouterr().err
