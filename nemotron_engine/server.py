@@ -15,6 +15,10 @@ One engine per process. Threads and what runs where:
   step); the updates of each step go back to the asyncio loop in one `call_soon_threadsafe` callback, which turns
   them into events in each session's outgoing queue (bounded: a client that does not read is cut off).
 torch's intra-op threads default to max(1, cores - 1), leaving a core for the network side.
+
+The protocol (Session) and the server's decisions (RealtimeServer: admission, mint, auth, drain) do not depend on
+aiohttp: a Session talks to its WebSocket through a Connection, and serve_ray.py runs the same two classes in each
+replica of a Ray Serve application over Starlette's WebSocket.
 """
 from __future__ import annotations
 
