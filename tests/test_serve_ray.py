@@ -20,7 +20,6 @@ import urllib.request
 import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("ray.serve")
