@@ -12,6 +12,7 @@
     nemotron-engine loadtest --url ws://HOST:PORT --streams N [--lookahead-ms MS] [--audio FILE ...] ...
     nemotron-engine serve [--model DIR] [--host 127.0.0.1] [--port 9000] [--max-streams N] [--api-key KEY] ...
                           (--help; docs/server.md)
+    nemotron-engine serve --ray --replicas N [--ray-address auto] ...   (Ray Serve: docs/ray.md)
 """
 from __future__ import annotations
 

@@ -15,6 +15,10 @@ One engine per process. Threads and what runs where:
   step); the updates of each step go back to the asyncio loop in one `call_soon_threadsafe` callback, which turns
   them into events in each session's outgoing queue (bounded: a client that does not read is cut off).
 torch's intra-op threads default to max(1, cores - 1), leaving a core for the network side.
+
+The protocol (Session) and the server's decisions (RealtimeServer: admission, mint, auth, drain) do not depend on
+aiohttp: a Session talks to its WebSocket through a Connection, and serve_ray.py runs the same two classes in each
+replica of a Ray Serve application over Starlette's WebSocket.
 """
 from __future__ import annotations
 
@@ -211,16 +215,74 @@ class Stepper(threading.Thread):
                 self.wake.wait(0.5)
 
 
-# ---- a session ---------------------------------------------------------------------------------------------------
-class Session:
-    """One WebSocket client: its settings, audio path, stream and outgoing queue."""
+# ---- the connection under a session ------------------------------------------------------------------------------
+class Connection:
+    """What a Session needs of its WebSocket, whichever server accepted it (aiohttp here; Starlette under Ray Serve,
+    serve_ray.py). `receive` -> (kind, value): ("text", str), ("binary", bytes), ("too_big", None) for a message over
+    the frame limit (the session closes 1009), ("lost", why) for a connection that ended without a close frame,
+    ("closed", code) for a client's close; it raises asyncio.TimeoutError after `timeout` s without a message."""
 
-    def __init__(self, server: "RealtimeServer", ws, request, auth: str):
-        self.server = server
-        self.opts = server.opts
+    peer: str = "?"
+
+    async def receive(self, timeout: float) -> tuple[str, object]:
+        raise NotImplementedError
+
+    async def send_text(self, data: str) -> None:
+        raise NotImplementedError
+
+    async def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection without a close handshake (a peer that does not read)."""
+        raise NotImplementedError
+
+
+class AiohttpConnection(Connection):
+    def __init__(self, ws, request):
         self.ws = ws
         self.transport = request.transport
         self.peer = request.remote
+
+    async def receive(self, timeout: float) -> tuple[str, object]:
+        import aiohttp
+
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return "text", msg.data
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            return "binary", msg.data
+        if msg.type == aiohttp.WSMsgType.ERROR:
+            exc = msg.data
+            if getattr(exc, "code", None) == CLOSE_TOO_BIG:
+                return "too_big", None
+            return "lost", f"{type(exc).__name__}: {exc}"
+        code = self.ws.close_code  # CLOSE, CLOSING, CLOSED
+        if code is None or code == 1006:
+            return "lost", "no close frame"
+        return "closed", code
+
+    async def send_text(self, data: str) -> None:
+        await self.ws.send_str(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# ---- a session ---------------------------------------------------------------------------------------------------
+class Session:
+    """One WebSocket client: its settings, audio path, stream and outgoing queue. The same code runs over aiohttp
+    (this server) and over Ray Serve's WebSocket ingress (serve_ray.py): only the Connection differs."""
+
+    def __init__(self, server: "RealtimeServer", conn: Connection, auth: str):
+        self.server = server
+        self.opts = server.opts
+        self.conn = conn
+        self.peer = conn.peer
         self.id = rt.new_id("sess")
         self.auth = auth
         self.settings: rt.Settings = server.default_settings
@@ -269,7 +331,7 @@ class Session:
                 data = await self.out.get()
                 if data is None:
                     return
-                await self.ws.send_str(data)
+                await self.conn.send_text(data)
                 self.sent += 1
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
@@ -287,8 +349,7 @@ class Session:
         self._release_stream()
         if self.recv_task is not None:
             self.recv_task.cancel()
-        if self.transport is not None:
-            self.transport.abort()
+        self.conn.abort()
 
     async def _close(self, code: int, reason: str, flush_s: float = 5.0) -> None:
         """Send what is queued (up to flush_s), then close with `code`."""
@@ -297,23 +358,25 @@ class Session:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.send_task), flush_s)
         try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), 3.0)
+            await asyncio.wait_for(self.conn.close(code, reason), 3.0)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            if self.transport is not None:
-                self.transport.abort()
+            self.conn.abort()
 
     # ---- life --------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         srv = self.server
         self.send_task = asyncio.create_task(self._send_loop())
         try:
-            if srv.reserved >= self.opts.max_streams:
-                self.end_reason = "rejected: no free stream slot"
+            if srv.reserved >= self.opts.max_streams or srv.stopping:
+                # a draining replica (serve_ray.py) may still be handed a connection by a router that has not yet
+                # heard: the client is told to come back, as when every slot is held
+                why = "draining" if srv.stopping else f"all {self.opts.max_streams} stream slots are in use"
+                self.end_reason = f"rejected: {why}"
                 srv.metrics.error("capacity")
-                log.warning("session %s from %s rejected: all %d stream slots are in use", self.id, self.peer,
-                            self.opts.max_streams)
-                self.send(rt.error_event("capacity", f"the server is at capacity: all {self.opts.max_streams} "
-                                         "streams are in use; retry later"))
+                log.warning("session %s from %s rejected: %s", self.id, self.peer, why)
+                self.send(rt.error_event("capacity", "the server is draining; reconnect" if srv.stopping else
+                                         f"the server is at capacity: all {self.opts.max_streams} streams are in "
+                                         "use; retry later"))
                 await self._close(CLOSE_TRY_LATER, "server at capacity")
                 return
             srv.reserved += 1
@@ -322,8 +385,10 @@ class Session:
             srv.metrics.sessions.inc()
             log.info("session %s opened from %s (%s; %d/%d slots in use)", self.id, self.peer, self.auth,
                      srv.reserved, self.opts.max_streams)
-            self.send(rt.event("conversation.created", conversation={"id": rt.new_id("conv"),
-                                                                     "object": "realtime.conversation"}))
+            conv = {"id": rt.new_id("conv"), "object": "realtime.conversation"}
+            if srv.replica is not None:  # under Ray Serve: which replica holds the session (clients ignore it)
+                conv["replica"] = srv.replica
+            self.send(rt.event("conversation.created", conversation=conv))
             self.recv_task = asyncio.create_task(self._receive_loop())
             await asyncio.wait({self.recv_task})
             if self.shutdown_task is not None:
@@ -359,13 +424,11 @@ class Session:
         self.room.set()
 
     async def _receive_loop(self) -> None:
-        import aiohttp
-
-        ws, opts = self.ws, self.opts
+        opts = self.opts
         try:
             while True:
                 try:
-                    msg = await ws.receive(timeout=opts.idle_timeout_s)
+                    kind, value = await self.conn.receive(opts.idle_timeout_s)
                 except asyncio.TimeoutError:
                     if self.stream is not None and self.input_done and not self.final:
                         continue  # the client waits for its results
@@ -374,28 +437,23 @@ class Session:
                     await self._close(CLOSE_NORMAL, "idle timeout")
                     return
                 t = time.perf_counter()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await self._on_text(msg.data, t)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
+                if kind == "text":
+                    await self._on_text(value, t)
+                elif kind == "binary":
                     self.send_error("invalid_event", "binary messages are not part of the protocol: send JSON text "
                                     "events (audio base64-encoded in input_audio_buffer.append)")
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    exc = msg.data
-                    if getattr(exc, "code", None) == CLOSE_TOO_BIG:
-                        self.server.metrics.error("message_too_large")
-                        self.end_reason = (f"a message over {4 * opts.max_message_bytes} bytes (4 x "
-                                           "--max-message-bytes): closed 1009")
-                    else:
-                        self.server.metrics.error("connection_lost")
-                        self.end_reason = f"connection lost ({type(exc).__name__}: {exc})"
+                elif kind == "too_big":
+                    self.server.metrics.error("message_too_large")
+                    self.end_reason = (f"a message over {4 * opts.max_message_bytes} bytes (4 x "
+                                       "--max-message-bytes): closed 1009")
+                    await self._close(CLOSE_TOO_BIG, "message too big")
                     return
-                else:  # CLOSE, CLOSING, CLOSED
-                    code = ws.close_code
-                    if code is None or code == 1006:
-                        self.server.metrics.error("connection_lost")
-                        self.end_reason = "connection lost (no close frame)"
-                    else:
-                        self.end_reason = f"client closed ({code})"
+                elif kind == "lost":
+                    self.server.metrics.error("connection_lost")
+                    self.end_reason = f"connection lost ({value})"
+                    return
+                else:
+                    self.end_reason = f"client closed ({value})"
                     return
         except asyncio.CancelledError:
             if self.end_reason == "?":
@@ -664,6 +722,7 @@ class RealtimeServer:
         self._listener = None
         self._runner = None
         self.port = None
+        self.replica: str | None = None  # the Ray Serve replica's tag (serve_ray.py); None in this server
 
     def session_config(self, st: rt.Settings) -> dict:
         return rt.session_dict(st, self.lookaheads_ms, self.frame_ms)
@@ -686,43 +745,67 @@ class RealtimeServer:
             return False
         return hmac.compare_digest(header[7:].strip().encode(), self.opts.api_key.encode())
 
-    async def _post_session(self, request):
-        from aiohttp import web
-
+    # The protocol's HTTP decisions, free of the web framework (aiohttp below, FastAPI under Ray Serve)
+    def mint_session(self, authorization: str | None, body: bytes, peer) -> tuple[int, dict]:
+        """POST /v1/realtime/transcription_sessions -> (HTTP status, JSON body)."""
         if self.stopping:
-            return web.json_response({"detail": "the server is shutting down"}, status=503)
-        if self.opts.api_key:
-            auth = request.headers.get("Authorization")
-            if not self._bearer_ok(auth):
-                self.metrics.error("auth")
-                detail = ("missing API key: send Authorization: Bearer <key>" if not auth
-                          else "invalid API key")
-                log.warning("POST %s from %s refused: %s", SESSIONS_PATH, request.remote, detail)
-                return web.json_response({"detail": detail}, status=401)
-        body = await request.content.read(1 << 16)
+            return 503, {"detail": "the server is shutting down"}
+        if self.opts.api_key and not self._bearer_ok(authorization):
+            self.metrics.error("auth")
+            detail = "missing API key: send Authorization: Bearer <key>" if not authorization else "invalid API key"
+            log.warning("POST %s from %s refused: %s", SESSIONS_PATH, peer, detail)
+            return 401, {"detail": detail}
         if body.strip():  # the client sends {}: the defaults come back, a session changes them over its WebSocket
             try:
                 json.loads(body)
             except ValueError:
-                return web.json_response({"detail": "the request body must be JSON (or empty)"}, status=400)
+                return 400, {"detail": "the request body must be JSON (or empty)"}
         cfg = {"id": rt.new_id("sess"), **self.session_config(self.default_settings)}
         if self.opts.api_key:
-            now = time.time()
-            for k in [k for k, exp in self.secrets.items() if exp <= now]:
-                del self.secrets[k]
-            if len(self.secrets) >= MAX_SECRETS:
-                return web.json_response({"detail": "too many unused client secrets; retry later"}, status=429)
-            token = secrets.token_urlsafe(24)
-            self.secrets[token] = now + self.opts.secret_ttl_s
-            cfg["client_secret"] = {"value": token, "expires_at": int(now + self.opts.secret_ttl_s)}
-        return web.json_response(cfg)
+            secret = self.issue_secret()
+            if secret is None:
+                return 429, {"detail": "too many unused client secrets; retry later"}
+            cfg["client_secret"] = {"value": secret[0], "expires_at": int(secret[1])}
+        return 200, cfg
+
+    def issue_secret(self) -> tuple[str, float] | None:
+        """A single-use client secret and its expiry (time.time()), or None when too many are outstanding."""
+        now = time.time()
+        for k in [k for k, exp in self.secrets.items() if exp <= now]:
+            del self.secrets[k]
+        if len(self.secrets) >= MAX_SECRETS:
+            return None
+        token = secrets.token_urlsafe(24)
+        self.secrets[token] = now + self.opts.secret_ttl_s
+        return token, now + self.opts.secret_ttl_s
+
+    def redeem_secret(self, token: str) -> bool:
+        """True once for a secret this server issued that has not expired."""
+        exp = self.secrets.pop(token, None)
+        return exp is not None and exp > time.time()
+
+    def admit_websocket(self, intent: str, offered: list[str], authorization: str | None,
+                        peer) -> tuple[int, dict | None, str]:
+        """A WebSocket upgrade request -> (HTTP status, error body or None, how the client authenticated). Status
+        200: upgrade; else answer the body with that status, before the upgrade (no session, no engine work)."""
+        if self.stopping:
+            return 503, {"detail": "the server is shutting down"}, ""
+        if intent != "transcription":
+            return 400, {"detail": f"intent {intent!r} is not served here: only intent=transcription"}, ""
+        if not self.opts.api_key:
+            return 200, None, "no auth"
+        auth, why = self._ws_auth(offered, authorization)
+        if auth is None:
+            self.metrics.error("auth")
+            log.warning("WebSocket from %s refused: %s", peer, why)
+            return 401, {"detail": why}, ""
+        return 200, None, auth
 
     def _ws_auth(self, offered: list[str], authorization: str | None) -> tuple[str | None, str]:
         """-> (how the client authenticated, or None; why not)."""
         for p in offered:
             if p.startswith(TOKEN_PREFIX):
-                exp = self.secrets.pop(p[len(TOKEN_PREFIX):], None)
-                if exp is not None and exp > time.time():
+                if self.redeem_secret(p[len(TOKEN_PREFIX):]):
                     return "client secret", ""
                 return None, ("the client secret offered as the realtime-token subprotocol is unknown, used or "
                               f"expired: mint a new one with POST {SESSIONS_PATH}")
@@ -731,24 +814,22 @@ class RealtimeServer:
         return None, (f"authentication required: offer the client_secret of POST {SESSIONS_PATH} as a "
                       "'realtime-token.<secret>' WebSocket subprotocol (or send Authorization: Bearer <API key>)")
 
+    async def _post_session(self, request):
+        from aiohttp import web
+
+        body = b"" if self.stopping else await request.content.read(1 << 16)
+        status, out = self.mint_session(request.headers.get("Authorization"), body, request.remote)
+        return web.json_response(out, status=status)
+
     async def _ws(self, request):
         from aiohttp import web
 
-        if self.stopping:
-            return web.json_response({"detail": "the server is shutting down"}, status=503)
-        intent = request.query.get("intent", "transcription")
-        if intent != "transcription":
-            return web.json_response({"detail": f"intent {intent!r} is not served here: only "
-                                      "intent=transcription"}, status=400)
         offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", [])
                    for p in h.split(",") if p.strip()]
-        auth = "no auth"
-        if self.opts.api_key:
-            auth, why = self._ws_auth(offered, request.headers.get("Authorization"))
-            if auth is None:
-                self.metrics.error("auth")
-                log.warning("WebSocket from %s refused: %s", request.remote, why)
-                return web.json_response({"detail": why}, status=401)
+        status, body, auth = self.admit_websocket(request.query.get("intent", "transcription"), offered,
+                                                  request.headers.get("Authorization"), request.remote)
+        if status != 200:
+            return web.json_response(body, status=status)
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,) if SUBPROTOCOL in offered else (),
                                    max_msg_size=4 * self.opts.max_message_bytes,
                                    heartbeat=self.opts.heartbeat_s or None, compress=False)
@@ -757,7 +838,7 @@ class RealtimeServer:
         if sock is not None and self.opts.send_buffer_bytes:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.opts.send_buffer_bytes)
-        sess = Session(self, ws, request, auth)
+        sess = Session(self, AiohttpConnection(ws, request), auth)
         await sess.run()
         return ws
 
@@ -789,9 +870,8 @@ class RealtimeServer:
     async def start(self) -> int:
         from aiohttp import web
 
+        self.start_stepper(asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
-        self.stepper = Stepper(self, loop, self.opts.threads or default_threads())
-        self.stepper.start()
         app = web.Application(client_max_size=1 << 16)
         app.router.add_post(SESSIONS_PATH, self._post_session)
         app.router.add_get(WS_PATH, self._ws)
@@ -807,14 +887,27 @@ class RealtimeServer:
         self.port = self._listener.sockets[0].getsockname()[1]
         return self.port
 
+    def start_stepper(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the stepping thread; its updates come back to `loop`, the one the sessions run in."""
+        self.stepper = Stepper(self, loop, self.opts.threads or default_threads())
+        self.stepper.start()
+
     async def shutdown(self) -> None:
         if self.stopping:
             return
-        self.stopping = True
         self._listener.close()
+        await self.finish_sessions("shutting down: stopped accepting")
+        await self.stop_stepper()
+        await self._runner.cleanup()
+        log.info("shutdown complete")
+
+    async def finish_sessions(self, why: str) -> None:
+        """Take no new session; finish every open stream (its audio so far pushed, its last results delivered), close
+        each session with 1001 (going away: reconnect); sessions still open after --shutdown-timeout-s are
+        abandoned."""
+        self.stopping = True
         open_streams = sum(1 for s in self.sessions if s.stream is not None and not s.final)
-        log.info("shutting down: stopped accepting; finalising %d open stream(s) of %d session(s)", open_streams,
-                 len(self.sessions))
+        log.info("%s; finalising %d open stream(s) of %d session(s)", why, open_streams, len(self.sessions))
         tasks = [s.begin_shutdown() for s in list(self.sessions)]
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=self.opts.shutdown_timeout_s)
@@ -827,10 +920,10 @@ class RealtimeServer:
         deadline = time.monotonic() + 5
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+
+    async def stop_stepper(self) -> None:
         self.stepper.stop()
         await asyncio.to_thread(self.stepper.join, 10)
-        await self._runner.cleanup()
-        log.info("shutdown complete")
 
     async def stats_loop(self) -> None:
         last = (0, 0.0, 0.0, 0.0)
@@ -892,6 +985,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-interval-s", type=float, default=d.stats_interval_s,
                    help=f"seconds between status lines on stderr (default {d.stats_interval_s:g})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    r = p.add_argument_group("Ray Serve (serve_ray.py, docs/ray.md)")
+    r.add_argument("--ray", action="store_true",
+                   help="serve as a Ray Serve application: --replicas engines behind Ray's proxy on --host:--port")
+    r.add_argument("--replicas", type=int, default=1, help="engine replicas (default 1); one GPU each on CUDA")
+    r.add_argument("--ray-address", default=None,
+                   help="the Ray cluster to join ('auto': the one `ray start` runs here; default: start a local one)")
+    r.add_argument("--cpus-per-replica", type=float, default=None,
+                   help="Ray CPUs a replica holds (default: --threads, else 1; on CUDA 1 beside its GPU)")
 
 
 def missing_dependencies() -> str | None:
@@ -925,6 +1026,13 @@ def cli_run(args) -> int:
             return 2
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level),
                         format="%(asctime)s nemotron-engine serve %(levelname)s: %(message)s")
+    if args.ray:
+        from . import serve_ray
+
+        if args.replicas < 1 or opts.port == 0:
+            _err("--ray needs --replicas of at least 1 and a fixed --port (Ray's proxy does not take port 0)")
+            return 2
+        return serve_ray.cli_run(opts, args.replicas, args.ray_address, args.cpus_per_replica)
     return serve(opts)
 
 

@@ -324,14 +324,19 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
 
 
 def _scrape(text: str) -> dict[str, float]:
-    """The unlabelled samples of a Prometheus text page that watch_server reads."""
+    """The samples of a Prometheus text page that watch_server reads, each summed over its labels: the Ray Serve
+    endpoint (serve_ray.py) answers one series per replica (label `replica`), whose sum is the deployment's (its
+    memory: all replicas' together)."""
     want = ("process_resident_memory_bytes", "nemotron_sessions_open", "nemotron_stream_slots_free",
             "nemotron_engine_streams_open")
-    out = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name = head.split("{", 1)[0]
         if name in want:
-            out[name] = float(value)
+            out[name] = out.get(name, 0.0) + float(value)
     return out
 
 
