@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Ray Serve tests (tests/test_serve_ray.py, marker `ray`): a CI step of its own, after test.sh. They start a
+# The Ray Serve tests (tests/test_serve_ray.py, marker `ray`): the last step of scripts/test.sh. They start a
 # local Ray cluster (2 CPUs, two replicas of the demo model); about 2 minutes on 2 cores, bounded here at 10.
 # Ray 2.60 would lift protobuf and packaging past what nvidia-riva-client and lightning pin; these pins keep
 # `pip check` clean (docs/ray.md).

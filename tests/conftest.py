@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped cleanly without one)")
     config.addinivalue_line("markers", "nemo: compares against live NeMo (a test-only dependency)")
-    config.addinivalue_line("markers", "ray: starts a local Ray cluster (tests/test_serve_ray.py; a CI step of its own)")
+    config.addinivalue_line("markers", "ray: starts a local Ray cluster (tests/test_serve_ray.py; the last step of scripts/test.sh)")
     # NeMo's streaming script allows TF32 ("high"); parity at 1e-5 needs full fp32 on both sides
     torch.set_float32_matmul_precision("highest")
 
