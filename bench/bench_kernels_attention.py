@@ -95,7 +95,8 @@ def _attention_inputs(b, t, dtype):
     r = t - 1
     cfg = ModelConfig(d_model=D_MODEL, n_layers=1, n_heads=HEADS)
     cache = StreamCache(cfg, max_streams=b, dtype=dtype, device="cuda")
-    cache.table.copy_(torch.randperm(cache.k.shape[1], device="cuda").view(b, -1))
+    cache.table.copy_(torch.randperm(cache.k.shape[1], device="cuda").view(b, -1)
+                      .repeat(1, cache.table_width // cache.pages_per_stream))
     cache.k.normal_()
     cache.v.normal_()
     slots = torch.randperm(b, device="cuda")

@@ -1,23 +1,25 @@
 """The paged stream cache: one pool per engine, allocated once, holding every stream's state.
 
 - Attention keys and values, *projected*, per layer, in pages: `k[L, P, page_size, D]`, `v[L, P, page_size, D]`.
-  A stream's logical frame f lives in page `table[s, (f // page_size) % pages_per_stream]`, row
+  A stream's logical frame f lives in page `table[s, (f // page_size) % table_width]`, row
   `f % page_size`: the left-context window slides by overwriting the oldest rows, never by copying. Each stream
-  holds `pages_per_stream` pages, enough for its C cached frames plus one chunk being written, so a kernel may
-  write the chunk's rows while reading the window.
+  holds the pages its own lookahead needs, n = ceil((C + r + 1) / page_size): its C cached frames plus one chunk
+  being written, so a kernel may write the chunk's rows while reading the window. Its table row is its n pages
+  repeated: `table_width` is a common multiple of every lookahead's n, so the row is a ring of n pages (a period
+  of n x page_size frames) whatever n is, and every reader (the kernels, `locate`) takes the same modulus.
 - Fixed slots per stream: the conv cache `conv[L, S, D, K-1]`, the decoder state (LSTM `h`, `c`
   `[layers, S, H]`, last label `[S]`, projected decoder output `pred[S, J]`), the frame position of the next chunk
   `frames[S]` (padded frames included), the last 9 mel frames `mel[S, 9, n_mels]` (the next chunk's pre-encode
   cache) and, on the host, the stream's raw audio in a ring `pcm[S, ring + mirror]` (sample i of the stream at
   i % ring; the ring's first `mirror` samples repeated after its end, so that any span of up to `mirror` samples
   starting anywhere in the ring is contiguous: a step reads each stream's span as one row of a strided view).
-Opening a stream takes a slot and pages from free lists and clears them; `reset` clears them again for a new
+Opening a stream takes a slot and its pages from free lists and clears them; `reset` clears them again for a new
 utterance; closing returns them. None of these allocates or moves another stream's data.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,30 +30,45 @@ PAGE_SIZE = 16
 
 @dataclass
 class MemoryReport:
-    bytes_per_stream: int  # pool bytes one stream occupies (attention pages, conv cache, decoder state)
+    bytes_per_stream: int  # pool bytes per slot (its share of the pages, conv cache, decoder state, audio ring)
     max_streams: int  # streams this pool holds
     pool_bytes: int  # the whole pool, allocated at start-up
     page_size: int
-    pages_per_stream: int
+    pages_per_stream: int  # pages of the longest lookahead (the most a stream takes)
+    # per lookahead (ms): the pages a stream of that lookahead takes, and its bytes (its pages, its slot's fixed
+    # state and its table row): a low-lookahead stream takes fewer pages
+    pages_by_lookahead_ms: dict = field(default_factory=dict)
+    bytes_by_lookahead_ms: dict = field(default_factory=dict)
+    pages: int = 0  # pages in the pool
+    pages_free: int = 0  # pages no open stream holds
 
-    def streams_for_budget(self, budget_bytes: int) -> int:
-        return budget_bytes // self.bytes_per_stream
+    def streams_for_budget(self, budget_bytes: int, lookahead_ms: int | None = None) -> int:
+        """Streams that fit in budget_bytes, all at lookahead_ms (None: the longest lookahead)."""
+        per = self.bytes_per_stream if lookahead_ms is None else self.bytes_by_lookahead_ms[lookahead_ms]
+        return budget_bytes // per
 
 
-def pages_per_stream(cfg, page_size: int = PAGE_SIZE) -> int:
-    """Pages for C cached frames plus the largest chunk (R_max + 1 frames)."""
-    return math.ceil((cfg.left_context + max(cfg.lookaheads) + 1) / page_size)
+def pages_per_stream(cfg, page_size: int = PAGE_SIZE, r: int | None = None) -> int:
+    """Pages for C cached frames plus a chunk of lookahead r (r + 1 frames; None: the longest lookahead)."""
+    r = max(cfg.lookaheads) if r is None else r
+    return math.ceil((cfg.left_context + r + 1) / page_size)
+
+
+def table_width(cfg, page_size: int = PAGE_SIZE) -> int:
+    """Entries of a stream's page-table row: the least common multiple of every lookahead's pages, so that a stream's
+    own pages repeated fill the row exactly (its ring's period stays n x page_size frames)."""
+    return math.lcm(*(pages_per_stream(cfg, page_size, r) for r in cfg.lookaheads))
 
 
 def bytes_per_stream(cfg, dtype: torch.dtype, page_size: int = PAGE_SIZE, pcm_ring: int = 0,
-                     pcm_mirror: int = 0) -> int:
-    """Pool bytes per stream (device and host together)."""
+                     pcm_mirror: int = 0, r: int | None = None) -> int:
+    """Pool bytes per stream of lookahead r (None: the longest), device and host together."""
     e = torch.empty(0, dtype=dtype).element_size()
-    kv = 2 * cfg.n_layers * pages_per_stream(cfg, page_size) * page_size * cfg.d_model * e
+    kv = 2 * cfg.n_layers * pages_per_stream(cfg, page_size, r) * page_size * cfg.d_model * e
     conv = cfg.n_layers * cfg.d_model * (cfg.conv_kernel_size - 1) * e
     # h, c, pred, label, frames, prompt
     dec = (2 * cfg.pred_rnn_layers * cfg.pred_hidden + cfg.joint_hidden) * e + 8 + 8 + 8
-    page_table = pages_per_stream(cfg, page_size) * 8
+    page_table = table_width(cfg, page_size) * 8
     mel = PRE_ENCODE_CACHE * cfg.n_mels * 4
     return kv + conv + dec + page_table + mel + (pcm_ring + pcm_mirror) * 4
 
@@ -60,14 +77,22 @@ class StreamCache:
     """Preallocated state for up to `max_streams` streams (see the module docstring)."""
 
     def __init__(self, cfg, max_streams: int, dtype: torch.dtype, device="cpu", page_size: int = PAGE_SIZE,
-                 pcm_ring: int = 0, pcm_mirror: int = 0):
+                 pcm_ring: int = 0, pcm_mirror: int = 0, max_pages: int | None = None):
+        """max_pages: pages in the pool (default: max_streams x the longest lookahead's pages, so that every slot can
+        hold a stream of any lookahead); fewer hold as many low-lookahead streams in less memory, and `open` raises
+        when the free pages do not cover a stream's lookahead."""
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
         self.cfg = cfg
+        self.dtype = dtype
         self.max_streams = max_streams
         self.page_size = page_size
-        self.pages_per_stream = pages_per_stream(cfg, page_size)
-        n_pages = max_streams * self.pages_per_stream
+        self.pages_per_stream = pages_per_stream(cfg, page_size)  # the most a stream takes
+        self.table_width = table_width(cfg, page_size)
+        n_pages = max_streams * self.pages_per_stream if max_pages is None else max_pages
+        if n_pages < pages_per_stream(cfg, page_size, min(cfg.lookaheads)):
+            raise ValueError(f"max_pages={n_pages} holds no stream (a stream takes at least "
+                             f"{pages_per_stream(cfg, page_size, min(cfg.lookaheads))} pages)")
         L, D, K = cfg.n_layers, cfg.d_model, cfg.conv_kernel_size
         kw = dict(dtype=dtype, device=device)
         self.k = torch.zeros(L, n_pages, page_size, D, **kw)  # [L, P, page_size, D]
@@ -88,7 +113,8 @@ class StreamCache:
         self.pcm = torch.zeros(max_streams, pcm_ring + pcm_mirror, pin_memory=pin)
         self.pcm_ring = pcm_ring
         self.pcm_mirror = pcm_mirror
-        self.table = torch.zeros(max_streams, self.pages_per_stream, dtype=torch.int64, device=device)
+        self.table = torch.zeros(max_streams, self.table_width, dtype=torch.int64, device=device)
+        self._pages: list[list[int]] = [[] for _ in range(max_streams)]  # each slot's own pages (its ring, in order)
         self._window = self.k.new_empty(2, 0, D)  # gather_window's workspace
         self._free_slots = list(range(max_streams - 1, -1, -1))
         self._free_pages = list(range(n_pages - 1, -1, -1))
@@ -98,22 +124,33 @@ class StreamCache:
     def free_slots(self) -> int:
         return len(self._free_slots)
 
-    def open(self, dec_after_sos) -> int:
-        """Take a slot and its pages, clear them (`reset`); returns the slot."""
+    def open(self, dec_after_sos, r: int | None = None) -> int:
+        """Take a slot and the pages of a stream of lookahead r (None: the longest), clear them (`reset`); returns
+        the slot."""
         if not self._free_slots:
             raise RuntimeError(
                 f"no free stream slot: all {self.max_streams} are in use (max_streams={self.max_streams}); "
                 "close a stream or create the engine with a larger max_streams / memory budget")
+        n = pages_per_stream(self.cfg, self.page_size, r)
+        if len(self._free_pages) < n:
+            raise RuntimeError(f"no free pages: a stream of lookahead {r} takes {n} pages, {len(self._free_pages)} of "
+                               f"the pool's {self.k.shape[1]} are free; close a stream or create the engine with "
+                               "more pages (max_pages)")
         s = self._free_slots.pop()
-        pages = [self._free_pages.pop() for _ in range(self.pages_per_stream)]
-        self.table[s] = torch.tensor(pages, dtype=torch.int64, device=self.table.device)
+        pages = [self._free_pages.pop() for _ in range(n)]
+        self._pages[s] = pages
+        self.table[s] = torch.tensor(pages * (self.table_width // n), dtype=torch.int64, device=self.table.device)
         self.reset(s, dec_after_sos)
         return s
+
+    def pages_of(self, s: int) -> list[int]:
+        """The pages slot s holds (its ring, in order)."""
+        return list(self._pages[s])
 
     def reset(self, s: int, dec_after_sos) -> None:
         """Clear slot s for a fresh utterance: pages, conv cache, mel cache and frame position zero, decoder state after
         SOS. Its audio ring is left as it is (it holds the samples of the next utterance)."""
-        p = self.table[s]
+        p = self.table[s, : len(self._pages[s])]
         # stale rows of a previous owner are masked, but must not be NaN/Inf (0 x NaN = NaN in attn @ V)
         self.k[:, p] = 0
         self.v[:, p] = 0
@@ -126,14 +163,15 @@ class StreamCache:
         self.mel[s] = 0
 
     def close(self, s: int) -> None:
-        self._free_pages.extend(self.table[s].tolist())
+        self._free_pages.extend(self._pages[s])
+        self._pages[s] = []
         self._free_slots.append(s)
 
     # ---- rows ------------------------------------------------------------------------------------------------
     def locate(self, slots: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(page, row) of logical frames [B, N] of streams `slots` [B]; negative frames map to any row."""
         f = frames.clamp(min=0)
-        page = torch.gather(self.table[slots], 1, (f // self.page_size) % self.pages_per_stream)
+        page = torch.gather(self.table[slots], 1, (f // self.page_size) % self.table_width)
         return page, f % self.page_size
 
     def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor, n: int | None = None,
@@ -172,4 +210,10 @@ class StreamCache:
         pool = sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.h, self.c, self.pred,
                                                           self.label, self.frames, self.prompt, self.table, self.mel,
                                                           self.pcm))
-        return MemoryReport(pool // self.max_streams, self.max_streams, pool, self.page_size, self.pages_per_stream)
+        cfg, ps = self.cfg, self.page_size
+        ms = {r: (r + 1) * cfg.frame_ms for r in sorted(cfg.lookaheads)}
+        return MemoryReport(pool // self.max_streams, self.max_streams, pool, ps, self.pages_per_stream,
+                            {ms[r]: pages_per_stream(cfg, ps, r) for r in ms},
+                            {ms[r]: bytes_per_stream(cfg, self.dtype, ps, self.pcm_ring, self.pcm_mirror, r)
+                             for r in ms},
+                            self.k.shape[1], len(self._free_pages))

@@ -1,7 +1,8 @@
 """nemotron-engine: convert | transcribe | parity | bench | loadtest | serve.
 
     nemotron-engine convert SRC.nemo OUT_DIR
-    nemotron-engine transcribe [--model OUT_DIR] [--lookahead-ms 80|160|560|1120] [--json] [--timing] [--tokens]
+    nemotron-engine transcribe [--model OUT_DIR] [--lookahead-ms 80|160|560|1120] [--language KEY] [--json] [--timing]
+                               [--tokens]
                                [--device cpu|cuda[:N]] [--dtype float32|bfloat16]
                                [--backend cpu|torch|triton] [FILE...]
                                (default: the shipped demo model and its examples, on the CPU)
@@ -66,8 +67,9 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def transcribe_files(engine, files: list[str], lookahead_ms: int | None):
-    """Stream every readable file through one engine, chunk by chunk, all streams stepping together.
+def transcribe_files(engine, files: list[str], lookahead_ms: int | None, language: str | None = None):
+    """Stream every readable file through one engine, chunk by chunk, all streams stepping together (in `language`,
+    a prompt model's language key; None: the checkpoint's default).
 
     Yields (file, Result or None, error message or None) in the order of `files`.
     """
@@ -81,7 +83,7 @@ def transcribe_files(engine, files: list[str], lookahead_ms: int | None):
             continue
         if note:
             print(f"nemotron-engine: note: {f}: {note}", file=sys.stderr)
-        s = engine.open_stream(lookahead_ms)
+        s = engine.open_stream(lookahead_ms, language=language)
         streams[f] = (s, pcm)
     # feed each stream one chunk of audio per step, as a live source would, then step the engine
     piece = cfg.chunk_mel(max(cfg.lookaheads)) * cfg.hop_length
@@ -122,6 +124,13 @@ def cmd_transcribe(args) -> int:
         t_load = time.perf_counter() - t_load
         if args.lookahead_ms is not None:
             engine.cfg.lookahead_from_ms(args.lookahead_ms)
+        if args.language is not None and not engine.cfg.num_prompts:
+            raise ValueError(f"--language {args.language}: this model ({engine.cfg.model_class}) has no language "
+                             "prompt; omit --language")
+        try:
+            engine.cfg.prompt_index(args.language)  # an unknown key, or none given where the model has no default
+        except ValueError as e:
+            raise ValueError(f"--language: {e}") from None
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # RuntimeError: e.g. an invalid CUDA device index
         _err(str(e))
         return 2
@@ -132,7 +141,7 @@ def cmd_transcribe(args) -> int:
         return 2
     t0 = time.perf_counter()
     audio_s = 0.0
-    for f, res, err in transcribe_files(engine, files, args.lookahead_ms):
+    for f, res, err in transcribe_files(engine, files, args.lookahead_ms, args.language):
         if err:
             _err(err)
             status = 1
@@ -230,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a directory written by `convert` (default: the shipped demo model, weights/demo)")
     t.add_argument("--lookahead-ms", type=int, default=None,
                    help="latency mode (default: the checkpoint's first att_context_size)")
+    t.add_argument("--language", default=None,
+                   help="a prompt model's language, a key of its prompt dictionary (default: the checkpoint's); "
+                        "an error for a model without a language prompt")
     t.add_argument("--json", action="store_true", help="one JSON object per file: file, text, tokens, timestamps_ms")
     t.add_argument("--timing", action="store_true", help="print audio seconds, wall time and real-time factor")
     t.add_argument("--tokens", action="store_true", help="print each token piece with its timestamp")

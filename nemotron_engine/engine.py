@@ -212,8 +212,12 @@ class Engine:
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                  max_streams: int | None = None, memory_budget: int | None = None,
                  keep_encoder_outputs: bool = False, backend: str | Ops | None = None,
-                 max_queued_s: float = 10.0, endpoint_ms: int | None = None):
-        """max_streams or memory_budget (bytes for the pool) sizes the preallocated pool (default 64 streams).
+                 max_queued_s: float = 10.0, endpoint_ms: int | None = None, max_pages: int | None = None):
+        """max_streams or memory_budget (bytes for the pool) sizes the preallocated pool (default 64 streams), each
+        slot able to hold a stream of the longest lookahead. A stream takes the attention pages of its own lookahead
+        (C + r + 1 frames): max_pages sets the pool's pages lower (default: max_streams x the longest lookahead's),
+        so that low-lookahead streams fill the slots in less memory; open_stream then raises when the free pages do
+        not cover the stream's lookahead. `memory_report()` gives the pages and bytes per stream of each lookahead.
         keep_encoder_outputs: each stream keeps every step's encoder output in `encoder_outputs` and its new mel
         frames in `features` (for parity checks against NeMo, which compare activations step by step).
 
@@ -259,7 +263,7 @@ class Engine:
             if max_streams < 1:
                 raise ValueError(f"memory_budget {memory_budget} bytes holds no stream ({per} bytes per stream)")
         self.cache = StreamCache(cfg, 64 if max_streams is None else max_streams, dtype, device=self.device,
-                                 pcm_ring=ring, pcm_mirror=chunk)
+                                 pcm_ring=ring, pcm_mirror=chunk, max_pages=max_pages)
         S = self.cache.max_streams
         self._pcm = self.cache.pcm.numpy()  # the ring, as numpy: push() copies into it without torch's per-op cost
         # per-slot counters, in stream samples / mel frames / encoder frames of the open utterance
@@ -312,7 +316,7 @@ class Engine:
         if prompt >= 0 and language is None:
             language = self.cfg.default_language
         with torch.inference_mode(), self._lock:
-            slot = self.cache.open(self.dec_after_sos)
+            slot = self.cache.open(self.dec_after_sos, r)  # the pages of its own lookahead
             self.cache.prompt[slot] = max(prompt, 0)
             s = Stream(self, self._next_id, r, slot, endpoint_ms, language, eou_reset)
             self._next_id += 1
@@ -414,7 +418,8 @@ class Engine:
             yield from self.step()
 
     def memory_report(self):
-        """Bytes per stream and the number of streams the preallocated pool holds."""
+        """Bytes per stream and the number of streams the preallocated pool holds; the pages and bytes a stream of
+        each lookahead takes (`pages_by_lookahead_ms`, `bytes_by_lookahead_ms`), the pool's pages and the free ones."""
         return self.cache.memory_report()
 
     def pending(self) -> bool:

@@ -6,9 +6,9 @@ tests speak them. docs/server.md describes the protocol as served here.
 The session configuration is kept as `Settings` (what the server acts on) and shown to clients in the Riva shape
 (`session_dict`): `input_audio_format`, `input_audio_transcription`, `input_audio_params`, `recognition_config`,
 `endpointing_config`, `speaker_diarization`, `word_boosting`, and our own `nemotron` object (lookahead, endpointing
-in ms, per-chunk events). Clients send the configuration they were given back with their changes
-(`transcription_session.update`); `apply_update` validates it as a whole and returns the new settings or raises
-`ProtocolError` naming the field.
+in ms, per-chunk events, a prompt model's languages, an EOU model's reset). Clients send the configuration they
+were given back with their changes (`transcription_session.update`); `apply_update` validates it as a whole and
+returns the new settings or raises `ProtocolError` naming the field.
 """
 from __future__ import annotations
 
@@ -70,14 +70,16 @@ class Settings:
     profanity_filter: bool = False
     verbatim_transcripts: bool = True
     custom_configuration: str = ""
+    eou_reset: bool = False  # an end-of-utterance model's <EOU> also resets the stream's state (open_stream's option)
 
-    # fields that select the audio path or the stream's decoding: not changed while a stream is open
-    FIXED_WHILE_STREAMING = ("input_format", "sample_rate", "channels", "lookahead_ms", "endpoint_ms")
+    # fields that select the audio path or the stream's decoding: not changed while a stream is open (and, for a
+    # model with a language prompt, the language)
+    FIXED_WHILE_STREAMING = ("input_format", "sample_rate", "channels", "lookahead_ms", "endpoint_ms", "eou_reset")
 
 
-def session_dict(st: Settings, lookaheads_ms: list[int], frame_ms: int) -> dict:
+def session_dict(st: Settings, lookaheads_ms: list[int], frame_ms: int, languages: list[str] | None = None) -> dict:
     """The session configuration in the Riva realtime shape (POST /v1/realtime/transcription_sessions and
-    transcription_session.updated)."""
+    transcription_session.updated). languages: a prompt model's language keys (None: a model without a prompt)."""
     return {
         "object": "realtime.transcription_session",
         "modalities": ["text"],
@@ -96,7 +98,8 @@ def session_dict(st: Settings, lookaheads_ms: list[int], frame_ms: int) -> dict:
         "speaker_diarization": {"enable_speaker_diarization": False, "max_speaker_count": 0},
         "word_boosting": {"enable_word_boosting": False, "word_boosting_list": []},
         "nemotron": {"lookahead_ms": st.lookahead_ms, "lookaheads_ms": list(lookaheads_ms),
-                     "endpoint_ms": st.endpoint_ms, "frame_ms": frame_ms, "chunk_events": st.chunk_events},
+                     "endpoint_ms": st.endpoint_ms, "frame_ms": frame_ms, "chunk_events": st.chunk_events,
+                     "languages": list(languages or []), "eou_reset": st.eou_reset},
     }
 
 
@@ -164,12 +167,30 @@ def _pick(current, candidates: list[tuple[str, object]], what: str):
 _ABSENT = object()
 
 
+def resolve_language(lang, languages: list[str], default_language: str) -> str:
+    """A prompt model's language as a session asks for it -> a key of its prompt dictionary. Empty, None or "auto"
+    (where "auto" is not itself a key) is the checkpoint's default language; anything else must be a key."""
+    param = "input_audio_transcription.language"
+    valid = ", ".join(map(repr, languages))
+    if lang is None or lang == "" or (lang == "auto" and "auto" not in languages):
+        if not default_language:
+            raise ProtocolError("invalid_config", f"input_audio_transcription.language {lang!r}: this model has no "
+                                f"default language; choose one of {valid}", param)
+        return default_language
+    if not isinstance(lang, str) or lang not in languages:
+        raise ProtocolError("invalid_config", f"input_audio_transcription.language {lang!r} is not in this model's "
+                            f"prompt dictionary; choose one of {valid} (or 'auto' for the model's default)", param)
+    return lang
+
+
 def apply_update(st: Settings, session, *, lookaheads_ms: list[int], frame_ms: int, model_name: str,
-                 streaming: bool) -> Settings:
+                 streaming: bool, languages: list[str] | None = None, default_language: str = "",
+                 eou: bool = False) -> Settings:
     """The settings after a transcription_session.update carrying `session` (validated as a whole: on a
     ProtocolError nothing changes). Unknown fields are ignored (clients round-trip the POST response, whose id,
     object and client_secret come back). streaming: the session's stream is open (its audio path and decoding are
-    fixed)."""
+    fixed). languages / default_language: a prompt model's language keys and its default (None: a model without a
+    prompt, which transcribes English); eou: the model has an <EOU> token (nemotron.eou_reset may be set)."""
     if not isinstance(session, dict):
         raise ProtocolError("invalid_event", "transcription_session.update needs a 'session' object", "session")
     new = {}
@@ -186,7 +207,10 @@ def apply_update(st: Settings, session, *, lookaheads_ms: list[int], frame_ms: i
     if "num_channels" in params:
         new["channels"] = _int(params["num_channels"], "input_audio_params.num_channels", 1, MAX_CHANNELS)
     tr = _section(session, "input_audio_transcription")
-    if "language" in tr:
+    if "language" in tr and languages is not None:
+        if tr["language"] != st.language:  # the round trip of the current value is no change
+            new["language"] = resolve_language(tr["language"], languages, default_language)
+    elif "language" in tr:
         lang = tr["language"]
         if lang is None or lang == "":
             lang = "en-US"
@@ -267,9 +291,21 @@ def apply_update(st: Settings, session, *, lookaheads_ms: list[int], frame_ms: i
     new["endpoint_ms"] = _pick(st.endpoint_ms, ep_candidates, "endpointing")
     if "chunk_events" in ours and ours["chunk_events"] is not None:
         new["chunk_events"] = _bool(ours["chunk_events"], "nemotron.chunk_events")
+    reset_candidates = []
+    if ours.get("eou_reset") is not None:
+        reset_candidates.append(("nemotron.eou_reset", _bool(ours["eou_reset"], "nemotron.eou_reset")))
+    if "eou_reset" in custom:
+        reset_candidates.append(("custom_configuration eou_reset", _bool(custom["eou_reset"],
+                                                                         "custom_configuration eou_reset")))
+    new["eou_reset"] = _pick(st.eou_reset, reset_candidates, "eou_reset")
+    if new["eou_reset"] and not eou:
+        param = next((p for p, v in reset_candidates if v), "nemotron.eou_reset")
+        raise ProtocolError("invalid_config", "eou_reset needs an end-of-utterance model; this model has no <EOU> "
+                            "token", param)
     out = dataclasses.replace(st, **new)
     if streaming:
-        for f in Settings.FIXED_WHILE_STREAMING:
+        fixed = Settings.FIXED_WHILE_STREAMING + (("language",) if languages is not None else ())
+        for f in fixed:
             if getattr(out, f) != getattr(st, f):
                 raise ProtocolError("invalid_config", f"{f} cannot change while the session's audio is streaming "
                                     f"({getattr(st, f)!r} -> {getattr(out, f)!r}); set it before the first append or "

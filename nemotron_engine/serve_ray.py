@@ -232,7 +232,7 @@ def aggregate_health(reports: dict[str, dict]) -> dict:
             "stream_slots": sum(h["stream_slots"] for h in ready),
             "stream_slots_free": sum(h["stream_slots_free"] for h in ready), "model": first.get("model"),
             "lookaheads_ms": first.get("lookaheads_ms"), "default_lookahead_ms": first.get("default_lookahead_ms"),
-            "per_replica": reports}
+            "languages": first.get("languages", []), "per_replica": reports}
 
 
 # ---- the Ray Serve application -----------------------------------------------------------------------------------
@@ -330,8 +330,6 @@ def _deployments():
         """One replica: one Engine, its stepping thread, at most max_streams sessions (server.py's code)."""
 
         async def __init__(self, opts: dict, directory=None):
-            import numpy as np
-
             self.opts = srv.ServeOptions(**opts)
             pkg_log = logging.getLogger("nemotron_engine")
             if not pkg_log.handlers:  # the replica's stderr: Ray's log files, and the driver's console
@@ -344,8 +342,7 @@ def _deployments():
             self.server = RayRealtimeServer(self.opts, engine)
             self.server.replica = serve.get_replica_context().replica_tag
             self.directory = directory
-            la = self.server.default_settings.lookahead_ms
-            await asyncio.to_thread(engine.transcribe, np.zeros(engine.cfg.sample_rate, np.float32), la)
+            await asyncio.to_thread(self.server.warm_up)
             self.server.start_stepper(asyncio.get_running_loop())
             self.draining = _drain_flag()
             if self.draining is None:

@@ -301,6 +301,7 @@ class Session:
         self.out: asyncio.Queue = asyncio.Queue()
         self.final_event = asyncio.Event()
         self.item_seq = 0
+        self.item_text = ""  # the text sent in the open item's deltas
         self.utterances = 0
         self.errors = 0
         self.sent = 0
@@ -494,7 +495,8 @@ class Session:
     def _update(self, ev: dict) -> None:
         srv = self.server
         st = rt.apply_update(self.settings, ev.get("session"), lookaheads_ms=srv.lookaheads_ms,
-                             frame_ms=srv.frame_ms, model_name=srv.model_name, streaming=self.audio is not None)
+                             frame_ms=srv.frame_ms, model_name=srv.model_name, streaming=self.audio is not None,
+                             languages=srv.languages, default_language=srv.default_language, eou=srv.eou)
         self.settings = st
         self.send(rt.event("transcription_session.updated", session=srv.session_config(st)))
 
@@ -504,6 +506,11 @@ class Session:
                                    "this session's input has ended (open a new session for more audio)")
         data = rt.decode_audio_field(ev)
         eou = rt.force_eou_requested(ev)
+        if self.stream is None and self.server.languages is not None and not self.settings.language:
+            raise rt.ProtocolError("invalid_config", "this model needs a language per stream: set "
+                                   "input_audio_transcription.language to one of "
+                                   + ", ".join(map(repr, self.server.languages)) + " before the first append",
+                                   "input_audio_transcription.language")
         if self.audio is None:
             st = self.settings
             self.audio = rt.AudioInput(st.input_format, st.sample_rate, st.channels, self.server.sample_rate)
@@ -535,7 +542,9 @@ class Session:
 
     async def _open_stream(self) -> None:
         srv, st = self.server, self.settings
-        fut = srv.stepper.call(lambda: srv.engine.open_stream(st.lookahead_ms, endpoint_ms=st.endpoint_ms))
+        fut = srv.stepper.call(lambda: srv.engine.open_stream(st.lookahead_ms, endpoint_ms=st.endpoint_ms,
+                                                              language=srv.stream_language(st),
+                                                              eou_reset=st.eou_reset))
         try:
             s = await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -607,17 +616,31 @@ class Session:
                     srv.n_late += 1
             if u.text or self.settings.chunk_events:
                 self._send_delta(u.text, u.needed_samples)
+                self.item_text += u.text
             return
-        if u.text:
-            self._send_delta(u.text, u.needed_samples)
-        seg = u.segment
-        end = round(seg.end_ms * srv.sample_rate / 1000) if seg is not None else None
-        while self.cut_requests and (end is None or self.cut_requests[0][0] <= end):
-            at, t0 = self.cut_requests.popleft()
-            if end is None or at == end:
+        # the segments this update closed, in order (an EOU model's <EOU> closes one mid-chunk, and one chunk may
+        # close several): the update's text is each one's new text, then the open segment's; each segment's new text
+        # goes out as its item's delta before its .completed, the rest as the next item's delta
+        rest = u.text
+        for k, seg in enumerate(u.segments):
+            n = max(len(seg.text) - len(self.item_text), 0)
+            part, rest = rest[:n], rest[n:]
+            if part:
+                self._send_delta(part, u.needed_samples)
+            end = round(seg.end_ms * srv.sample_rate / 1000)
+            while self.cut_requests and self.cut_requests[0][0] <= end:
+                at, t0 = self.cut_requests.popleft()
+                if at == end:
+                    srv.metrics.final_latency.observe(t - t0)
+            self._send_completed(seg, last=u.final and k == len(u.segments) - 1)
+        if rest:
+            self._send_delta(rest, u.needed_samples)
+            self.item_text += rest
+        if u.final and not u.segments:
+            while self.cut_requests:
+                at, t0 = self.cut_requests.popleft()
                 srv.metrics.final_latency.observe(t - t0)
-        if seg is not None or u.final:
-            self._send_completed(seg, last=u.final)
+            self._send_completed(None, last=True)
         if u.final:
             self._stream_final()
 
@@ -648,6 +671,7 @@ class Session:
                            usage={"type": "duration", "seconds": round((end_ms - start_ms) / 1000, 6)},
                            audio_start_ms=start_ms, audio_end_ms=end_ms))
         self.item_seq += 1
+        self.item_text = ""
         self.utterances += 1
         srv.metrics.utterances.inc()
 
@@ -710,7 +734,12 @@ class RealtimeServer:
         if opts.endpoint_ms is not None and (opts.endpoint_ms <= 0 or opts.endpoint_ms % cfg.frame_ms):
             raise ValueError(f"--endpoint-ms must be a positive multiple of {cfg.frame_ms} ms, got {opts.endpoint_ms}")
         self.model_name = Path(opts.model).name
-        self.default_settings = rt.Settings(lookahead_ms=la, endpoint_ms=opts.endpoint_ms, model=self.model_name)
+        # a prompt model's language keys and default ("": a language must be given); None: a model without a prompt
+        self.languages = sorted(cfg.prompt_dictionary) if cfg.num_prompts else None
+        self.default_language = cfg.default_language if cfg.num_prompts else ""
+        self.eou = bool(cfg.end_tokens)  # an end-of-utterance model: sessions may set nemotron.eou_reset
+        self.default_settings = rt.Settings(lookahead_ms=la, endpoint_ms=opts.endpoint_ms, model=self.model_name,
+                                            language=self.default_language if cfg.num_prompts else "en-US")
         self.sessions: set[Session] = set()
         self.reserved = 0  # stream slots held by sessions
         self.by_stream: dict[int, Session] = {}
@@ -725,7 +754,17 @@ class RealtimeServer:
         self.replica: str | None = None  # the Ray Serve replica's tag (serve_ray.py); None in this server
 
     def session_config(self, st: rt.Settings) -> dict:
-        return rt.session_dict(st, self.lookaheads_ms, self.frame_ms)
+        return rt.session_dict(st, self.lookaheads_ms, self.frame_ms, self.languages)
+
+    def stream_language(self, st: rt.Settings) -> str | None:
+        """The language a session's stream opens with: its key for a prompt model, None for other models."""
+        return st.language if self.languages is not None else None
+
+    def warm_up(self) -> None:
+        """One second of silence through the engine (first-call costs), at the default lookahead and language."""
+        st = self.default_settings
+        lang = self.stream_language(st) or (self.languages[0] if self.languages else None)
+        self.engine.transcribe(np.zeros(self.sample_rate, np.float32), st.lookahead_ms, language=lang)
 
     # ---- from the stepping thread (in the loop) ---------------------------------------------------------------
     def deliver(self, updates, t: float) -> None:
@@ -864,7 +903,8 @@ class RealtimeServer:
         return {"live": True, "ready": ready, "status": "stopping" if self.stopping else ("ok" if ready else "down"),
                 "sessions": len(self.sessions), "stream_slots": self.opts.max_streams,
                 "stream_slots_free": self.opts.max_streams - self.reserved, "model": self.model_name,
-                "lookaheads_ms": self.lookaheads_ms, "default_lookahead_ms": self.default_settings.lookahead_ms}
+                "lookaheads_ms": self.lookaheads_ms, "default_lookahead_ms": self.default_settings.lookahead_ms,
+                "languages": self.languages or []}
 
     # ---- start / stop ------------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -1067,7 +1107,7 @@ def serve(opts: ServeOptions) -> int:
              "torch threads %d of %d cores", opts.model, cfg.n_layers, cfg.d_model, server.lookaheads_ms, load_s,
              engine.device, opts.dtype, engine.backend, engine.cache.max_streams, threads, os.cpu_count() or 0)
     t0 = time.perf_counter()
-    engine.transcribe(np.zeros(cfg.sample_rate, np.float32), server.default_settings.lookahead_ms)  # first-call costs
+    server.warm_up()
     log.info("warm-up %.2f s", time.perf_counter() - t0)
 
     async def main() -> int:

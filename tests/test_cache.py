@@ -79,7 +79,7 @@ def test_paged_step_equals_dense_step(model):
     cache.k.fill_(float("nan"))
     cache.v.fill_(float("nan"))
     sos = initial_state(model, 1)
-    slots = [cache.open(sos) for _ in range(3)]
+    slots = [cache.open(sos, r) for _ in range(3)]  # the pages of lookahead r only: a ring of C + r + 1 rows or more
     dense = [EncoderState.zeros(model, 1) for _ in slots]
     # stream i joins at step i: fill levels differ within every batch
     for step in range(60):
@@ -161,6 +161,46 @@ def test_window_and_lookaheads_come_from_the_config():
     assert [family.lookahead_from_ms(ms) for ms in (80, 160, 320, 560, 1120)] == [0, 1, 3, 6, 13]
     assert (pages_per_stream(family), pages_per_stream(nemotron)) == (5, 6)
     per_family, per_nemotron = bytes_per_stream(family, torch.float32), bytes_per_stream(nemotron, torch.float32)
-    assert per_nemotron - per_family == 2 * 2 * 16 * 64 * 4 + 8  # a page of K and V per layer, one table entry
+    # a page of K and V per layer; the table rows: 20 entries (lcm of 4 and 5 pages) against 30 (of 5 and 6)
+    assert per_nemotron - per_family == 2 * 2 * 16 * 64 * 4 + (30 - 20) * 8
     report = StreamCache(family, 3, torch.float32).memory_report()
     assert report.pages_per_stream == 5 and report.bytes_per_stream == per_family
+
+
+def test_pages_follow_each_streams_lookahead(model):
+    """A stream takes the pages of its own lookahead, ceil((C + r + 1) / 16): Nemotron 3.5's C = 56 gives 4 pages at
+    80-560 ms and 5 at 1120 ms; the memory report gives each lookahead's pages and bytes. With fewer pages than the
+    slots could hold at the longest lookahead, low-lookahead streams fill every slot and a long one waits for pages.
+    The table row repeats the stream's own pages, so every frame of a window maps to its own row."""
+    from nemotron_engine.cache import pages_per_stream
+    from nemotron_engine.config import ModelConfig
+
+    small = dict(d_model=64, n_layers=2, n_heads=4, pred_hidden=16, joint_hidden=16, vocab_size=13088,
+                 blank_id=13088)
+    family = ModelConfig(**small, att_context_size=[[56, 13], [56, 6], [56, 3], [56, 1], [56, 0]])
+    assert [pages_per_stream(family, r=r) for r in (0, 1, 3, 6, 13)] == [4, 4, 4, 4, 5]
+    report = StreamCache(family, 3, torch.float32).memory_report()
+    assert report.pages_by_lookahead_ms == {80: 4, 160: 4, 320: 4, 560: 4, 1120: 5}
+    page_bytes = 2 * 2 * 16 * 64 * 4
+    assert report.bytes_by_lookahead_ms[1120] - report.bytes_by_lookahead_ms[80] == page_bytes
+    assert report.bytes_by_lookahead_ms[1120] == bytes_per_stream(family, torch.float32)
+    assert report.streams_for_budget(10 * report.bytes_by_lookahead_ms[80], 80) == 10
+
+    sos = initial_state(model, 1)
+    cfg = model.cfg  # C = 70: 5 pages at r = 0, 1, 6 and 6 at r = 13
+    cache = StreamCache(cfg, max_streams=3, dtype=torch.float32, max_pages=15)
+    assert cache.table_width == 30 and cache.memory_report().pages_free == 15
+    slots = [cache.open(sos, 0) for _ in range(3)]
+    assert cache.memory_report().pages_free == 0
+    for s in slots:
+        own = cache.pages_of(s)
+        assert len(own) == 5 and cache.table[s].tolist() == own * 6
+        frames = torch.arange(1000, 1000 + cfg.left_context + 1).unsqueeze(0)  # a window and a chunk of r = 0
+        page, row = cache.locate(torch.tensor([s]), frames)
+        assert len(set(zip(page[0].tolist(), row[0].tolist()))) == frames.shape[1], "two frames share a row"
+    cache.close(slots[0])
+    with pytest.raises(RuntimeError, match="no free pages: a stream of lookahead 13 takes 6 pages, 5 of"):
+        cache.open(sos, 13)
+    cache.close(slots[1])
+    s = cache.open(sos, 13)
+    assert len(cache.pages_of(s)) == 6 and cache.memory_report().pages_free == 4

@@ -39,7 +39,9 @@ def make_case(B, T, H, dh, dtype, device, C=70, seed=0):
     S = B + 2  # two slots no stream of the batch owns
     cache = StreamCache(cfg, max_streams=S, dtype=dtype, device=device)
     P = cache.k.shape[1]
-    cache.table.copy_(torch.randperm(P, device=device).view(S, -1))
+    # each slot's pages shuffled across the pool, repeated along its table row (a ring of pages_per_stream pages)
+    own = torch.randperm(P, device=device).view(S, -1)
+    cache.table.copy_(own.repeat(1, cache.table_width // cache.pages_per_stream))
     slots = torch.randperm(S, device=device)[:B]
     fills = torch.tensor([FILLS[i] if i < len(FILLS) else int(torch.randint(0, 600, ())) for i in range(B)],
                          device=device)
