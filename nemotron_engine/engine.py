@@ -69,7 +69,7 @@ class Result:
     start_ms: float = 0.0  # where the utterance starts in the stream
 
 
-@dataclass
+@dataclass(slots=True)
 class Update:
     """What one step added to one stream."""
 
@@ -98,6 +98,9 @@ class StepTimes:
     def reset(self) -> None:
         self.steps = self.stream_steps = 0
         self.step_s = self.features_s = 0.0
+
+
+_F32 = np.dtype(np.float32)
 
 
 def _as_float_pcm(pcm, sample_rate: int, expected: int) -> np.ndarray:
@@ -163,6 +166,12 @@ class Stream:
         if self.input_done:
             raise RuntimeError(f"stream {self.id}: push() after finish()")
         eng = self.engine
+        # the common case in a few cheap checks (a float32 numpy vector at the engine's rate whose sum of squares is
+        # finite); anything else, and every error, takes the full validation (_as_float_pcm), with its messages
+        if (sample_rate is None and type(pcm) is np.ndarray and pcm.dtype is _F32 and pcm.ndim == 1
+                and math.isfinite(pcm.dot(pcm))):
+            eng._write(self, pcm)
+            return
         sr = eng.cfg.sample_rate if sample_rate is None else sample_rate
         eng._write(self, _as_float_pcm(pcm, sr, eng.cfg.sample_rate))
 
@@ -266,6 +275,10 @@ class Engine:
                                  pcm_ring=ring, pcm_mirror=chunk, max_pages=max_pages)
         S = self.cache.max_streams
         self._pcm = self.cache.pcm.numpy()  # the ring, as numpy: push() copies into it without torch's per-op cost
+        # what push() reads on every call, as plain Python ints
+        self._ring, self._mirror = self.cache.pcm_ring, self.cache.pcm_mirror
+        self._hop = cfg.hop_length
+        self._span_back = -span_start(cfg, 0)  # span_start(cfg, m) = m * hop - span_back
         # per-slot counters, in stream samples / mel frames / encoder frames of the open utterance
         self._pushed = np.zeros(S, np.int64)  # samples pushed (stream)
         self._utt_start = np.zeros(S, np.int64)  # the open utterance's first sample (stream)
@@ -277,12 +290,14 @@ class Engine:
         self._r = np.zeros(S, np.int64)
         self._endpoint_frames = np.zeros(S, np.int64)  # 0: off
         self._live = np.zeros(S, bool)  # open and not yet final
+        self._ring_touched = np.zeros(S, bool)  # the slot's audio ring has been written (open_stream)
         self._by_slot: list[Stream | None] = [None] * S
         # push() may run on other threads: it writes ring samples the step does not read and then publishes the
         # count under this lock; the step reads the counts under it, once, at its start
         self._lock = threading.Lock()
         self._stepping = False
         self._close_after_step: list[Stream] = []
+        self._window_buf: torch.Tensor | None = None  # the step's chunk windows on the CPU (_window)
         # every stream starts from the same decoder state (one LSTM step on SOS): computed once
         with torch.inference_mode():
             self.dec_after_sos = initial_state(self.model, 1, self.ops.linear)
@@ -317,6 +332,11 @@ class Engine:
             language = self.cfg.default_language
         with torch.inference_mode(), self._lock:
             slot = self.cache.open(self.dec_after_sos, r)  # the pages of its own lookahead
+            if not self._ring_touched[slot]:
+                # the slot's first use: its audio ring's pages are mapped now (writing the zeros they hold), not by
+                # the pushes of its first max_queued_s of audio (a page fault every 4 KiB otherwise)
+                self._pcm[slot].fill(0.0)
+                self._ring_touched[slot] = True
             self.cache.prompt[slot] = max(prompt, 0)
             s = Stream(self, self._next_id, r, slot, endpoint_ms, language, eou_reset)
             self._next_id += 1
@@ -350,37 +370,45 @@ class Engine:
             self.cache.close(s.slot)
 
     def _room(self, slot: int) -> int:
-        # the ring keeps the samples from the first one the next frame reads (its window, the sample before);
-        # Python ints, not numpy scalars: this runs on every push
-        keep_from = int(self._utt_start[slot]) + span_start(self.cfg, int(self._next_mel[slot]))
-        return max(self.cache.pcm_ring - (int(self._pushed[slot]) - max(keep_from, 0)), 0)
+        # the ring keeps the samples from the first one the next frame reads (its window, the sample before:
+        # span_start); Python ints read with .item() (no numpy scalars): this runs on every push
+        keep_from = self._utt_start.item(slot) + self._next_mel.item(slot) * self._hop - self._span_back
+        return max(self._ring - (self._pushed.item(slot) - max(keep_from, 0)), 0)
 
     def _write(self, s: Stream, x: np.ndarray) -> None:
         n = x.size
-        ring = self.cache.pcm_ring
+        ring = self._ring
+        slot = s.slot
         with self._lock:
             if s.closed:
                 raise RuntimeError(f"stream {s.id} is closed")
-            room = self._room(s.slot)
+            pushed = self._pushed.item(slot)
+            keep_from = self._utt_start.item(slot) + self._next_mel.item(slot) * self._hop - self._span_back
+            room = max(ring - (pushed - max(keep_from, 0)), 0)
             if n > room:
-                queued = (self.cache.pcm_ring - room) / self.cfg.sample_rate
+                queued = (ring - room) / self.cfg.sample_rate
                 raise RuntimeError(
                     f"stream {s.id}: {queued:.2f} s of audio already queued ahead of the engine and {n} samples "
                     f"({n / self.cfg.sample_rate:.2f} s) more would exceed max_queued_s={self.max_queued_s}; step "
                     "the engine (engine.step()) before pushing more, push at most stream.room() samples, or create "
                     "the Engine with a larger max_queued_s")
-            at = int(self._pushed[s.slot]) % ring
-            row = self._pcm[s.slot]
-            first = min(n, ring - at)
-            row[at: at + first] = x[:first]
-            if first < n:
+            at = pushed % ring
+            row = self._pcm[slot]
+            end = at + n
+            # the ring's head [0, mirror) is repeated after its end (the mirror, cache.py): the part of it this write
+            # touched is written there too
+            mirror = self._mirror
+            if end <= ring:
+                row[at: end] = x
+                if at < mirror:
+                    m = min(end, mirror)
+                    row[ring + at: ring + m] = x[: m - at]
+            else:  # the write wraps around (once a revolution of the ring): renew the whole mirror
+                first = ring - at
+                row[at: ring] = x[:first]
                 row[: n - first] = x[first:]
-            # the ring's head is repeated after its end (the mirror): renewed when this write touched it (once a
-            # revolution of the ring)
-            mirror = self.cache.pcm_mirror
-            if at < mirror or first < n:
                 row[ring: ring + mirror] = row[:mirror]
-            self._pushed[s.slot] += n
+            self._pushed[slot] = pushed + n
 
     def _cut(self, s: Stream, finish: bool) -> None:
         with self._lock:
@@ -471,17 +499,20 @@ class Engine:
             stepped = self._run(cfg, slots[run], n_new[run], first[run], r[run], length[run], ended[run])
             # an utterance whose last chunk this was closes now, its segment on the same update
             done = set(slots[run][ended[run] & (have[run] - n_new[run] < SAMPLING_FRAMES[1])].tolist())
-            for u in stepped:
-                if u.stream.slot in done:
-                    end = self._end_utterance(u.stream)
-                    u.segment, u.final = end.segment, end.final
-                    u.segments.append(end.segment)
+            if done:  # (in steady state none: no per-stream loop)
+                for u in stepped:
+                    if u.stream.slot in done:
+                        end = self._end_utterance(u.stream)
+                        u.segment, u.final = end.segment, end.final
+                        u.segments.append(end.segment)
             updates += stepped
         for slot in closing:
             updates.append(self._end_utterance(self._by_slot[slot]))
         # a stream finished after its last utterance was already closed (nothing more to decode)
-        for slot in slots[~ended & ~ready]:
+        for slot in slots[~ended & ~ready].tolist():
             s = self._by_slot[slot]
+            if s is None or not s.input_done:  # (set once, under the lock: only a finished stream can turn final)
+                continue
             with self._lock:  # finish() may have cut an utterance since the snapshot: then it is not final yet
                 final = (s is not None and s.input_done and not s._cuts and not s.done
                          and self._cut_at[slot] < 0)
@@ -535,12 +566,27 @@ class Engine:
         self.times.features_s += time.perf_counter() - t0
         return mel
 
+    def _window(self, mel_cache: torch.Tensor, slot_t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """[cached mel frames | new frames] per stream [B, 9 + n, n_mels] (what torch.cat gives). On the CPU it is
+        assembled in a buffer the engine keeps (valid until the next step; the encoder keeps no reference to its
+        input): no fresh allocation of a few MB, and no intermediate gather, per step."""
+        if new.device.type != "cpu" or new.dtype != mel_cache.dtype:
+            return torch.cat([mel_cache[slot_t], new], dim=1)
+        b, n, m = new.shape
+        size = b * (PRE_ENCODE_CACHE + n) * m
+        if self._window_buf is None or self._window_buf.numel() < size:
+            self._window_buf = torch.empty(size, dtype=new.dtype)
+        w = self._window_buf[:size].view(b, PRE_ENCODE_CACHE + n, m)
+        torch.index_select(mel_cache, 0, slot_t, out=w[:, :PRE_ENCODE_CACHE])
+        w[:, PRE_ENCODE_CACHE:] = new
+        return w
+
     def _run_group(self, slots, new, r, first, length, ended) -> list[Update]:
         cfg, dev, cache = self.cfg, self.device, self.cache
         b, n = new.shape[:2]
         slot_t = torch.from_numpy(slots).to(dev)
-        window = torch.cat([cache.mel[slot_t], new], dim=1)  # [B, 9 + n, n_mels]
-        cache.mel[slot_t] = window[:, -PRE_ENCODE_CACHE:]
+        window = self._window(cache.mel, slot_t, new)  # [B, 9 + n, n_mels]
+        cache.mel.index_copy_(0, slot_t, window[:, -PRE_ENCODE_CACHE:])
         mel = (new if first else window).to(self.model.dtype)
         mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
         out, _ = encoder_step(self.model, self.ops, mel, mel_len, cache, slot_t, r, first)
@@ -559,16 +605,21 @@ class Engine:
         # frame m is complete once sample hop * m + n_fft // 2 - 1 of the utterance has arrived)
         start_ms = (utt_start * 1000 // cfg.sample_rate).tolist()
         needed = (utt_start + np.minimum(length, (self._next_mel[slots] - 1) * hop + half)).tolist()
-        updates = []
+        # an update per stream, built in one pass; the streams with new tokens (or kept activations) then get theirs
+        by_slot = self._by_slot
+        slot_list = slots.tolist()
+        updates = [Update(by_slot[slot], t, [], "", False, nd) for slot, t, nd in zip(slot_list, toks, needed)]
         ends = set(cfg.end_tokens)
         eou_cut = []  # streams with eou_reset whose step emitted an end token
-        for i, slot in enumerate(slots.tolist()):
-            s = self._by_slot[slot]
-            new_toks, text, ms, closed = toks[i], "", [], []
+        for i in (range(b) if self.keep_encoder_outputs else [i for i, t in enumerate(toks) if t]):
+            u = updates[i]
+            s, new_toks = u.stream, u.tokens
             if new_toks:
-                ms = [start_ms[i] + f * frame_ms for f in stamps[i]]
-                text, closed = self._append(s, new_toks, ms, start_ms[i], split=not s.eou_reset)
-                self._last_token[slot] = stamps[i][-1]
+                u.timestamps_ms = ms = [start_ms[i] + f * frame_ms for f in stamps[i]]
+                u.text, closed = self._append(s, new_toks, ms, start_ms[i], split=not s.eou_reset)
+                if closed:
+                    u.segments, u.segment = closed, closed[-1]
+                self._last_token[slot_list[i]] = stamps[i][-1]
                 if s.eou_reset and ends.intersection(new_toks):
                     s._end_token = next(t for t in new_toks if t in ends)
                     eou_cut.append(i)
@@ -577,10 +628,6 @@ class Engine:
                 if cfg.num_prompts:
                     s.joint_inputs.append(joint_in[i, :t_out].float().cpu())  # [T, D]
                 s.features.append(new[i].cpu())  # [n, n_mels]
-            u = Update(s, new_toks, ms, text, False, needed[i])
-            if closed:
-                u.segments, u.segment = closed, closed[-1]
-            updates.append(u)
         # eou_reset: the utterance ends where the decoded audio ends (as endpointing ends it, below)
         for k in eou_cut:
             self._endpoint(self._by_slot[slots[k]], int(utt_start[k] + self._next_mel[slots[k]] * hop + half - hop))
