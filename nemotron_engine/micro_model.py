@@ -106,13 +106,19 @@ def _emission_rate(engine, pcm, bias: float) -> float:
 
 def calibrate_blank_bias(model_dir: str | Path, tokens_per_frame: float = 0.25, audio=None, iters: int = 12) -> float:
     """The joint's blank bias for which the model at `model_dir` emits about `tokens_per_frame` tokens per encoder
-    frame on `audio` (default: the demo's example recordings), by bisection (the rate falls as the bias grows)."""
+    frame on `audio` (default: the demo's isolated example recordings), by bisection (the rate falls as the bias grows)."""
     from .engine import Engine
 
     if audio is None:
+        import json
+
         from .cli import read_audio
 
-        audio = [read_audio(p, 16000)[0] for p in sorted((_demo_dir() / "examples").glob("*.wav"))]
+        # the isolated examples only: the long-form one (20 s of six sentences) would outweigh them, and the rate
+        # on each short file would drift from the target
+        ex = _demo_dir() / "examples"
+        meta = json.loads((ex / "expected.json").read_text())
+        audio = [read_audio(ex / name, 16000)[0] for name in sorted(meta) if meta[name].get("split") != "long_example"]
     import numpy as np
 
     pcm = np.concatenate([np.asarray(a, dtype=np.float32) for a in audio])
