@@ -171,6 +171,15 @@ def demo_model_dir() -> Path:
     return Path(weights.__file__).parent / "demo"
 
 
+def demo_examples(isolated_only: bool = False) -> list[tuple[Path, str]]:
+    """The demo model's example recordings with their texts, by name: (path, text). isolated_only: leave out the
+    long-form example (several sentences back to back; `"split": "long_example"` in examples/expected.json)."""
+    ex = demo_model_dir() / "examples"
+    meta = json.loads((ex / "expected.json").read_text())
+    return [(ex / name, e["text"]) for name, e in sorted(meta.items())
+            if not (isolated_only and e.get("split") == "long_example")]
+
+
 def _parity_missing(cmd: str) -> bool:
     """True, after one line on stderr saying how to install it, when the nemotron_parity harness is not installed."""
     try:

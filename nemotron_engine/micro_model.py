@@ -110,15 +110,11 @@ def calibrate_blank_bias(model_dir: str | Path, tokens_per_frame: float = 0.25, 
     from .engine import Engine
 
     if audio is None:
-        import json
-
-        from .cli import read_audio
+        from .cli import demo_examples, read_audio
 
         # the isolated examples only: the long-form one (20 s of six sentences) would outweigh them, and the rate
         # on each short file would drift from the target
-        ex = _demo_dir() / "examples"
-        meta = json.loads((ex / "expected.json").read_text())
-        audio = [read_audio(ex / name, 16000)[0] for name in sorted(meta) if meta[name].get("split") != "long_example"]
+        audio = [read_audio(path, 16000)[0] for path, _ in demo_examples(isolated_only=True)]
     import numpy as np
 
     pcm = np.concatenate([np.asarray(a, dtype=np.float32) for a in audio])

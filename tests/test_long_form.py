@@ -2,21 +2,17 @@
 without a second of silence between them, streamed as one stream (no endpointing: one utterance from start to end),
 must yield every sentence's words, in order. A model trained on isolated utterances only transcribes the first
 sentence and then goes silent."""
-import json
-
 import numpy as np
 import pytest
 import soundfile as sf
 
-from nemotron_engine.cli import demo_model_dir
+from nemotron_engine.cli import demo_examples, demo_model_dir
 from nemotron_engine.engine import Engine
 from nemotron_parity.demo_eval import normalise
 
 DEMO_DIR = demo_model_dir()
-# the isolated examples (a long-form example, when shipped, is already several sentences)
-EXAMPLES = sorted((name, e["text"]) for name, e in
-                  json.loads((DEMO_DIR / "examples" / "expected.json").read_text()).items()
-                  if e.get("split") != "long_example")
+# the isolated examples (the long-form example is already several sentences)
+EXAMPLES = [(path.name, text) for path, text in demo_examples(isolated_only=True)]
 
 
 @pytest.fixture(scope="module")
