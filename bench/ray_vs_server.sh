@@ -5,13 +5,14 @@
 #   1. `nemotron-engine serve` (1 torch thread), its real-time capacity found by `loadtest --url --capacity`
 #      (bisection in [N_MIN, N_MAX], runs of RUN_S seconds of looped sessions, transcripts checked);
 #   2. `nemotron-engine serve --ray --replicas R` (1 torch thread per replica) for each R in REPLICAS, the same
-#      measurement through Ray's proxy.
+#      measurement through Ray's proxy (out name ray-R) and with --ray-direct (ray-direct-R: each session redirected
+#      to its replica's own port), as MODES says.
 # The load client is another process than the servers; Ray's own processes (GCS, raylet, proxy, controller) share
 # the machine with the replicas, as they would on a GPU node.
 # Usage: bash bench/ray_vs_server.sh OUT_DIR
 #   env: LOOKAHEAD (1120), N_MIN (24), N_MAX (128), RAY_N_MIN and RAY_N_MAX (the Ray runs' bracket; default N_MIN,
 #        N_MAX), REL_TOL (0.1), RUN_S (30), REPLICAS ("1 2 3"), MAX_STREAMS (128), ONLY_RAY (set: skip steps 0 and 1),
-#        MODEL (weights/demo). Needs a quiet machine: nothing else running.
+#        MODEL (weights/demo), MODES ("proxy direct"). Needs a quiet machine: nothing else running.
 # The run recorded in bench/results/ray-cpu-2core-epyc: N_MIN=40 N_MAX=120 RUN_S=30 for steps 0 and 1, then
 # ONLY_RAY=1 REPLICAS="1 2" RAY_N_MIN=2 RAY_N_MAX=40 RUN_S=30 (the Ray endpoint failed at 40 sessions).
 set -euo pipefail
@@ -48,16 +49,20 @@ capacity "$PORT" single "${N_MIN:-24}" "${N_MAX:-128}"
 kill -TERM "$PID"; wait "$PID" || true
 fi
 for R in ${REPLICAS:-1 2 3}; do
-    echo "== Ray Serve, $R replica(s), lookahead $LA ms"
+for MODE in ${MODES:-proxy direct}; do
+    NAME=$([ "$MODE" = direct ] && echo "ray-direct-$R" || echo "ray-$R")
+    FLAG=$([ "$MODE" = direct ] && echo "--ray-direct" || true)
+    echo "== Ray Serve, $R replica(s), $MODE, lookahead $LA ms"
     # more replicas than cores: Ray places them with a share of a CPU each (the replicas still run 1 thread)
     CPR=$(python3 -c "import os; print(min(1.0, (os.cpu_count() or 1) / $R))")
-    nemotron-engine serve --ray --replicas "$R" --cpus-per-replica "$CPR" --model "$MODEL" --port 9000 --threads 1 \
-        --max-streams "$MAXS" --idle-timeout-s 120 2> "$OUT/serve-ray-$R.log" &
+    nemotron-engine serve --ray $FLAG --replicas "$R" --cpus-per-replica "$CPR" --model "$MODEL" --port 9000 \
+        --threads 1 --max-streams "$MAXS" --idle-timeout-s 120 2> "$OUT/serve-$NAME.log" &
     PID=$!
-    wait_listening "$OUT/serve-ray-$R.log" "$PID"
-    capacity "$PORT" "ray-$R" "${RAY_N_MIN:-${N_MIN:-24}}" "${RAY_N_MAX:-${N_MAX:-128}}"
+    wait_listening "$OUT/serve-$NAME.log" "$PID"
+    capacity "$PORT" "$NAME" "${RAY_N_MIN:-${N_MIN:-24}}" "${RAY_N_MAX:-${N_MAX:-128}}"
     kill -TERM "$PID"; wait "$PID" || true
     sleep 5
+done
 done
 python3 - "$OUT" <<'EOF'
 import json, sys

@@ -49,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from . import server as srv
 
@@ -60,6 +61,8 @@ SPARE = 4  # ongoing requests a replica takes beyond its stream slots: HTTP requ
 REPORT_INTERVAL_S = 1.0  # how often a replica reports its metrics and health to the directory
 REPORT_MAX_AGE_S = 3.0  # a replica that has not reported for this long is gone (killed, or stopped)
 DRAIN_POLL_S = 0.1
+TICKET_TTL_S = 10.0  # how long a redirect (--ray-direct) holds its slot for the client to arrive at the direct port
+ROUTING_STATS_PERIOD_S = 1.0  # how often Ray Serve asks each replica for its slots in use (FreeSlotsRouter)
 
 
 def ray_missing() -> str | None:
@@ -126,6 +129,53 @@ class RayRealtimeServer(srv.RealtimeServer):
         super().__init__(opts, engine)
         self.taken: dict[str, float] = {}  # nonce -> expiry of the secrets this replica took
         self.first_use: dict[str, bool] = {}  # secret -> the directory's answer, for the next redeem_secret
+        self.directory = None  # the ReplicaDirectory's handle (None: this replica's own record only)
+        self.tickets: dict[str, float] = {}  # redirect ticket -> deadline (time.monotonic()); each holds a slot
+
+    async def before_admit(self, offered: list[str]) -> None:
+        """Ask the directory whether another replica took the client secret offered (for redeem_secret)."""
+        if not self.opts.api_key or self.directory is None:
+            return
+        for p in offered:
+            if p.startswith(srv.TOKEN_PREFIX):
+                token = p[len(srv.TOKEN_PREFIX):]
+                exp = self.secret_valid(token)
+                if exp is not None:
+                    with contextlib.suppress(Exception):
+                        self.first_use[token] = await asyncio.wait_for(self.directory.redeem.remote(token, exp), 5.0)
+                return
+
+    def auth_plausible(self, offered: list[str], authorization: str | None) -> bool:
+        """Whether a WebSocket upgrade carries the API key or an authentic, unexpired client secret, without taking
+        the secret (the replica's direct port takes it): a redirect is not handed to a client without credentials."""
+        if not self.opts.api_key:
+            return True
+        for p in offered:
+            if p.startswith(srv.TOKEN_PREFIX):
+                return self.secret_valid(p[len(srv.TOKEN_PREFIX):]) is not None
+        return self._bearer_ok(authorization)
+
+    # ---- --ray-direct: a slot held for a redirected client -----------------------------------------------------
+    def issue_slot_ticket(self) -> str | None:
+        """Reserve a stream slot for a client redirected to this replica's direct port -> the ticket that its
+        connection there presents; None when the replica is draining or every slot is held. Unclaimed, the slot is
+        freed after TICKET_TTL_S."""
+        self.sweep_tickets()
+        if self.stopping or self.reserved >= self.opts.max_streams:
+            return None
+        t = secrets.token_urlsafe(12)
+        self.tickets[t] = time.monotonic() + TICKET_TTL_S
+        self.reserved += 1
+        return t
+
+    def take_slot_ticket(self, ticket: str | None) -> bool:
+        return ticket is not None and self.tickets.pop(ticket, None) is not None
+
+    def sweep_tickets(self) -> None:
+        now = time.monotonic()
+        for t in [t for t, deadline in self.tickets.items() if deadline <= now]:
+            del self.tickets[t]
+            self.reserved -= 1
 
     def _mac(self, msg: str) -> str:
         d = hmac.new(self.opts.api_key.encode(), msg.encode(), hashlib.sha256).digest()[:18]
@@ -252,23 +302,41 @@ def _deployments():
         another has room. So this router keeps its own count of what it sent to each replica and has not seen
         complete, adds the choices it made that are not yet sent, and offers the replicas in that order, one
         rank each (Ray tries the next rank if a replica refuses). Per proxy: with proxies on several nodes, each
-        counts its own traffic and takes the larger of its count and the replica's reported queue length."""
+        counts its own traffic and takes the larger of its count and the replica's reported queue length.
+
+        Under --ray-direct a session is an ongoing request only while its redirect is answered; the slot it holds
+        then shows in the slots in use that the replica reports every ROUTING_STATS_PERIOD_S (with the time of the
+        report). Until a report newer than the redirect arrives, the router counts the redirect itself."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._sent: dict = {}  # replica id -> requests sent there and not completed
             self._chosen: list = []  # (replica id, time) chosen, not yet sent
+            self._ws: set = set()  # internal ids of WebSocket upgrades routed, not completed
+            self._redirected: list = []  # (replica id, time.time()) of WebSocket upgrades completed (redirects)
 
-        def _load(self, rid, now: float) -> int:
+        def _load(self, replica, now: float) -> int:
+            rid = replica.replica_id
             cached = self.replica_queue_len_cache.get(rid) or 0
-            return max(self._sent.get(rid, 0), cached) + sum(1 for r, _ in self._chosen if r == rid)
+            # the slots in use that the replica last reported (a redirected session, --ray-direct, is no ongoing
+            # request of Ray's once its redirect is answered)
+            stats = getattr(replica, "routing_stats", None) or {}
+            used = stats.get("slots_used", 0)
+            if stats.get("direct"):  # redirected there since its last report
+                used += sum(1 for r, t in self._redirected if r == rid and t > stats.get("at", 0.0))
+            return max(self._sent.get(rid, 0), cached, used) + sum(1 for r, _ in self._chosen if r == rid)
 
         async def choose_replicas(self, candidate_replicas, pending_request=None):
             if not candidate_replicas:
                 return []
             now = time.monotonic()
             self._chosen = [(r, t) for r, t in self._chosen if now - t < 2.0]
-            ranked = sorted(candidate_replicas, key=lambda r: self._load(r.replica_id, now))
+            wall = time.time()
+            self._redirected = [(r, t) for r, t in self._redirected if wall - t < 30.0]
+            meta = getattr(pending_request, "metadata", None)
+            if getattr(meta, "_http_method", "") == "WS":  # Ray's proxy marks a WebSocket upgrade so
+                self._ws.add(meta.internal_request_id)
+            ranked = sorted(candidate_replicas, key=lambda r: self._load(r, now))
             self._chosen.append((ranked[0].replica_id, now))
             return [[r] for r in ranked]
 
@@ -284,6 +352,9 @@ def _deployments():
                     del self._chosen[0]
 
         def on_request_completed(self, replica_id, internal_request_id):
+            if internal_request_id in self._ws:
+                self._ws.discard(internal_request_id)
+                self._redirected.append((replica_id, time.time()))
             n = self._sent.get(replica_id, 0) - 1
             if n > 0:
                 self._sent[replica_id] = n
@@ -329,7 +400,7 @@ def _deployments():
     class NemotronASR:
         """One replica: one Engine, its stepping thread, at most max_streams sessions (server.py's code)."""
 
-        async def __init__(self, opts: dict, directory=None):
+        async def __init__(self, opts: dict, directory=None, direct: bool = False):
             self.opts = srv.ServeOptions(**opts)
             pkg_log = logging.getLogger("nemotron_engine")
             if not pkg_log.handlers:  # the replica's stderr: Ray's log files, and the driver's console
@@ -341,21 +412,32 @@ def _deployments():
             engine, load_s, threads = await asyncio.to_thread(srv.load_engine, self.opts)
             self.server = RayRealtimeServer(self.opts, engine)
             self.server.replica = serve.get_replica_context().replica_tag
-            self.directory = directory
+            self.server.directory = self.directory = directory
             await asyncio.to_thread(self.server.warm_up)
             self.server.start_stepper(asyncio.get_running_loop())
+            self.direct_url = None  # --ray-direct: ws://host:port of this replica's own listener
+            if direct:
+                host = self.opts.host
+                port = await self.server.listen(host, 0)
+                if host in ("", "0.0.0.0", "::"):
+                    import ray
+
+                    host = ray.util.get_node_ip_address()
+                self.direct_url = f"ws://{host}:{port}"
             self.draining = _drain_flag()
             if self.draining is None:
                 log.warning("replica %s: cannot see when Ray Serve starts to drain it; its sessions will be cut at "
                             "graceful_shutdown_timeout_s on scale-down", self.server.replica)
             self._tasks = [asyncio.get_running_loop().create_task(self._watch())]
-            log.info("replica %s: model %s loaded in %.2f s on %s; %d stream slots; torch threads %d",
-                     self.server.replica, self.opts.model, load_s, engine.device, engine.cache.max_streams, threads)
+            log.info("replica %s: model %s loaded in %.2f s on %s; %d stream slots; torch threads %d%s",
+                     self.server.replica, self.opts.model, load_s, engine.device, engine.cache.max_streams, threads,
+                     f"; direct port {self.direct_url}" if self.direct_url else "")
 
         # ---- background: drain and reports --------------------------------------------------------------------
         async def _watch(self) -> None:
             next_report = 0.0
             while True:
+                self.server.sweep_tickets()
                 if self.draining is not None and self.draining() and not self.server.stopping:
                     await self.server.finish_sessions(f"replica {self.server.replica} draining")
                     with contextlib.suppress(Exception):
@@ -372,6 +454,8 @@ def _deployments():
             h = s.health()
             h["replica"] = s.replica
             h["pid"] = os.getpid()
+            if self.direct_url:
+                h["direct_url"] = self.direct_url
             return h, _labelled(s.metrics.registry.collect(), replica=s.replica)
 
         async def _report(self) -> None:
@@ -388,15 +472,29 @@ def _deployments():
             except Exception:  # noqa: BLE001 (the directory restarting: answer for this replica alone)
                 return {self.server.replica: mine}
 
+        async def record_routing_stats(self) -> dict:
+            """For FreeSlotsRouter (every ROUTING_STATS_PERIOD_S): the stream slots in use, redirects' included."""
+            return {"slots_used": self.server.reserved, "slots": self.server.opts.max_streams,
+                    "direct": self.direct_url is not None, "at": time.time()}
+
         def check_health(self) -> None:
             st = self.server.stepper
             if st is None or not st.is_alive():
                 raise RuntimeError("the engine's stepping thread has stopped")
 
-        def __del__(self):
-            st = getattr(getattr(self, "server", None), "stepper", None)
-            if st is not None:
-                st.stop()
+        async def __del__(self):
+            """Ray Serve's graceful shutdown awaits this after the replica's ongoing requests end. Sessions on the
+            direct port (--ray-direct) are none of those: they are finished here (final results, close 1001)."""
+            s = getattr(self, "server", None)
+            if s is None:
+                return
+            if s.sessions and not s.stopping:
+                await s.finish_sessions(f"replica {s.replica} stopping")
+            deadline = time.monotonic() + s.opts.shutdown_timeout_s
+            while s.sessions and time.monotonic() < deadline:  # a drain that _watch began
+                await asyncio.sleep(0.05)
+            if s.stepper is not None:
+                s.stepper.stop()
 
         # ---- HTTP and WebSocket -------------------------------------------------------------------------------
         @app.post(srv.SESSIONS_PATH)
@@ -410,8 +508,9 @@ def _deployments():
             offered = [p.strip() for h in websocket.headers.getlist("sec-websocket-protocol")
                        for p in h.split(",") if p.strip()]
             server = self.server
-            if server.opts.api_key and self.directory is not None:
-                await self._ask_first_use(offered)
+            if self.direct_url and not server.stopping and await self._redirect(websocket, offered):
+                return
+            await server.before_admit(offered)
             if server.stopping:  # a router that has not yet heard of the drain: refused as a full replica
                 status, body, auth = 200, None, "draining"
             else:
@@ -428,16 +527,27 @@ def _deployments():
             conn = StarletteConnection(websocket, 4 * self.opts.max_message_bytes)
             await srv.Session(server, conn, auth).run()
 
-        async def _ask_first_use(self, offered: list[str]) -> None:
-            for p in offered:
-                if p.startswith(srv.TOKEN_PREFIX):
-                    token = p[len(srv.TOKEN_PREFIX):]
-                    exp = self.server.secret_valid(token)
-                    if exp is not None:
-                        with contextlib.suppress(Exception):
-                            self.server.first_use[token] = await asyncio.wait_for(
-                                self.directory.redeem.remote(token, exp), 5.0)
-                    return
+        async def _redirect(self, websocket: WebSocket, offered: list[str]) -> bool:
+            """--ray-direct: answer the upgrade with 307 to this replica's own port, a slot held for the client
+            (its ticket in the URL) -> True. False (served here, through the proxy, as without --ray-direct): the
+            request is refused anyway (credentials, intent: the same error as without), every slot is held (the
+            capacity error), or the proxy cannot send a redirect."""
+            server = self.server
+            if websocket.query_params.get("intent", "transcription") != "transcription" or \
+                    not server.auth_plausible(offered, websocket.headers.get("authorization")):
+                return False
+            ticket = server.issue_slot_ticket()
+            if ticket is None:
+                return False
+            query = [(k, v) for k, v in websocket.query_params.multi_items() if k != srv.TICKET_PARAM]
+            location = f"{self.direct_url}{srv.WS_PATH}?{urlencode(query + [(srv.TICKET_PARAM, ticket)])}"
+            try:
+                await websocket.send_denial_response(Response(status_code=307, headers={"Location": location}))
+            except RuntimeError:  # no denial-response extension in this proxy: serve the session here
+                if server.take_slot_ticket(ticket):
+                    server.reserved -= 1
+                return False
+            return True
 
         @app.get("/health")
         @app.get("/health/ready")
@@ -499,10 +609,12 @@ def replica_options(opts: srv.ServeOptions, cpus_per_replica: float | None = Non
 
 
 def build(opts: srv.ServeOptions, replicas: int = 1, cpus_per_replica: float | None = None,
-          graceful_shutdown_timeout_s: float | None = None, version: str | None = None):
+          graceful_shutdown_timeout_s: float | None = None, version: str | None = None, direct: bool = False):
     """The application: `replicas` NemotronASR replicas and the ReplicaDirectory, ready for serve.run. `version`:
     Ray Serve's deployment version; with the same version a later serve.run that changes only the replica count
-    scales (draining the replicas it removes) instead of replacing every replica."""
+    scales (draining the replicas it removes) instead of replacing every replica. `direct` (--ray-direct): each
+    replica listens on a port of its own too (on opts.host), and a WebSocket upgrade at the endpoint is answered
+    with a redirect there, its slot held, so that the session's messages bypass Ray's proxy."""
     from ray.serve.config import RequestRouterConfig
 
     NemotronASR, ReplicaDirectory, _ = deployments()
@@ -518,31 +630,34 @@ def build(opts: srv.ServeOptions, replicas: int = 1, cpus_per_replica: float | N
         graceful_shutdown_wait_loop_s=0.5,
         graceful_shutdown_timeout_s=graceful_shutdown_timeout_s or opts.shutdown_timeout_s + 10,
         health_check_period_s=5.0,
-        request_router_config=RequestRouterConfig(request_router_class=f"{__name__}:FreeSlotsRouter"))
-    return dep.bind(dataclasses.asdict(opts), ReplicaDirectory.bind())
+        request_router_config=RequestRouterConfig(request_router_class=f"{__name__}:FreeSlotsRouter",
+                                                  request_routing_stats_period_s=ROUTING_STATS_PERIOD_S))
+    return dep.bind(dataclasses.asdict(opts), ReplicaDirectory.bind(), direct)
 
 
 def build_app(args: dict):
     """`serve run` / config-file entry point (`import_path: nemotron_engine.serve_ray:build_app`): `args` are
     ServeOptions fields (model, max_streams, device, threads, lookahead_ms, api_key, ...) plus `replicas` and
-    `cpus_per_replica`; a `deployments:` section of the config file may override num_replicas, ray_actor_options
+    `cpus_per_replica` and `direct` (--ray-direct); a `deployments:` section of the config file may override num_replicas, ray_actor_options
     and the rest."""
     from .cli import demo_model_dir
 
     args = dict(args or {})
     replicas = int(args.pop("replicas", 1))
     cpus = args.pop("cpus_per_replica", None)
+    direct = bool(args.pop("direct", False))
     args.setdefault("model", str(demo_model_dir()))
     known = {f.name for f in dataclasses.fields(srv.ServeOptions)}
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"unknown argument(s) {unknown} for {__name__}:build_app; known: replicas, "
-                         f"cpus_per_replica, {', '.join(sorted(known))}")
-    return build(srv.ServeOptions(**args), replicas, cpus)
+                         f"cpus_per_replica, direct, {', '.join(sorted(known))}")
+    return build(srv.ServeOptions(**args), replicas, cpus, direct=direct)
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
-def cli_run(opts: srv.ServeOptions, replicas: int, address: str | None, cpus_per_replica: float | None) -> int:
+def cli_run(opts: srv.ServeOptions, replicas: int, address: str | None, cpus_per_replica: float | None,
+            direct: bool = False) -> int:
     """`nemotron-engine serve --ray`: join (or start) a Ray cluster, deploy, serve until SIGTERM/SIGINT, then delete
     the application (each replica drains: open streams are finished, their sessions closed 1001)."""
     from .cli import _err
@@ -563,14 +678,15 @@ def cli_run(opts: srv.ServeOptions, replicas: int, address: str | None, cpus_per
     serve.start(proxy_location="EveryNode", http_options={"host": opts.host, "port": opts.port})
     t0 = time.perf_counter()
     try:
-        serve.run(build(opts, replicas, cpus_per_replica), name=APP_NAME, route_prefix="/")
+        serve.run(build(opts, replicas, cpus_per_replica, direct=direct), name=APP_NAME, route_prefix="/")
     except Exception as e:  # noqa: BLE001 (a deployment that fails to start: say why, exit 2)
         _err(f"the Ray Serve application did not start: {e}")
         ray.shutdown()
         return 2
     log.info("%d replica(s) of %s ready in %.1f s; listening on http://%s:%d (WebSocket ws://%s:%d%s?intent="
-             "transcription; auth %s)", replicas, opts.model, time.perf_counter() - t0, opts.host, opts.port,
-             opts.host, opts.port, srv.WS_PATH, "on" if opts.api_key else "off")
+             "transcription; auth %s%s)", replicas, opts.model, time.perf_counter() - t0, opts.host, opts.port,
+             opts.host, opts.port, srv.WS_PATH, "on" if opts.api_key else "off",
+             "; sessions redirected to each replica's own port" if direct else "")
     stop = {"sig": None}
 
     def on_signal(sig, _frame):

@@ -50,6 +50,7 @@ DEFAULT_PORT = 9000
 WS_PATH = "/v1/realtime"
 SESSIONS_PATH = "/v1/realtime/transcription_sessions"
 TOKEN_PREFIX = "realtime-token."
+TICKET_PARAM = "nemotron_ticket"  # a Ray replica's redirect to its direct port: the slot held for it (serve_ray.py)
 SUBPROTOCOL = "realtime"
 MAX_SECRETS = 10_000
 
@@ -278,8 +279,11 @@ class Session:
     """One WebSocket client: its settings, audio path, stream and outgoing queue. The same code runs over aiohttp
     (this server) and over Ray Serve's WebSocket ingress (serve_ray.py): only the Connection differs."""
 
-    def __init__(self, server: "RealtimeServer", conn: Connection, auth: str):
+    def __init__(self, server: "RealtimeServer", conn: Connection, auth: str, slot_held: bool = False):
+        """slot_held: the server reserved a stream slot for this session before its connection arrived (a Ray
+        replica's redirect to its direct port, serve_ray.py); the session takes that slot over."""
         self.server = server
+        self.slot_held = slot_held
         self.opts = server.opts
         self.conn = conn
         self.peer = conn.peer
@@ -367,6 +371,9 @@ class Session:
     async def run(self) -> None:
         srv = self.server
         self.send_task = asyncio.create_task(self._send_loop())
+        if self.slot_held:  # released and taken again below, with nothing awaited between: no other session can win it
+            self.slot_held = False
+            srv.reserved -= 1
         try:
             if srv.reserved >= self.opts.max_streams or srv.stopping:
                 # a draining replica (serve_ray.py) may still be handed a connection by a router that has not yet
@@ -865,9 +872,13 @@ class RealtimeServer:
 
         offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", [])
                    for p in h.split(",") if p.strip()]
+        await self.before_admit(offered)
+        held = self.take_slot_ticket(request.query.get(TICKET_PARAM))
         status, body, auth = self.admit_websocket(request.query.get("intent", "transcription"), offered,
                                                   request.headers.get("Authorization"), request.remote)
         if status != 200:
+            if held:
+                self.reserved -= 1
             return web.json_response(body, status=status)
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,) if SUBPROTOCOL in offered else (),
                                    max_msg_size=4 * self.opts.max_message_bytes,
@@ -877,9 +888,17 @@ class RealtimeServer:
         if sock is not None and self.opts.send_buffer_bytes:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.opts.send_buffer_bytes)
-        sess = Session(self, AiohttpConnection(ws, request), auth)
+        sess = Session(self, AiohttpConnection(ws, request), auth, slot_held=held)
         await sess.run()
         return ws
+
+    async def before_admit(self, offered: list[str]) -> None:
+        """Before a WebSocket's admission (a Ray replica asks its directory whether a client secret was taken)."""
+
+    def take_slot_ticket(self, ticket: str | None) -> bool:
+        """True if `ticket` holds a stream slot reserved for this connection (a Ray replica's redirect); the
+        caller then owns that slot. This server issues none."""
+        return False
 
     async def _health(self, request):
         from aiohttp import web
@@ -908,9 +927,14 @@ class RealtimeServer:
 
     # ---- start / stop ------------------------------------------------------------------------------------------
     async def start(self) -> int:
+        self.start_stepper(asyncio.get_running_loop())
+        return await self.listen(self.opts.host, self.opts.port)
+
+    async def listen(self, host: str, port: int) -> int:
+        """Serve the protocol's HTTP and WebSocket endpoints on host:port (0: any free port) -> the port. A Ray
+        replica's direct port (serve_ray.py) is this same listener."""
         from aiohttp import web
 
-        self.start_stepper(asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         app = web.Application(client_max_size=1 << 16)
         app.router.add_post(SESSIONS_PATH, self._post_session)
@@ -922,8 +946,7 @@ class RealtimeServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         # our own listening socket (not a TCPSite): at shutdown it stops accepting while open sessions finish
-        self._listener = await loop.create_server(self._runner.server, self.opts.host, self.opts.port,
-                                                  reuse_address=True)
+        self._listener = await loop.create_server(self._runner.server, host, port, reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
         return self.port
 
@@ -1033,6 +1056,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the Ray cluster to join ('auto': the one `ray start` runs here; default: start a local one)")
     r.add_argument("--cpus-per-replica", type=float, default=None,
                    help="Ray CPUs a replica holds (default: --threads, else 1; on CUDA 1 beside its GPU)")
+    r.add_argument("--ray-direct", action="store_true",
+                   help="each replica also listens on a port of its own, and the endpoint answers a WebSocket "
+                        "upgrade with a redirect (307) there, a slot held: the session's audio then bypasses Ray's "
+                        "proxy (clients must follow redirects, as NVIDIA's does, and reach the replicas' hosts)")
 
 
 def missing_dependencies() -> str | None:
@@ -1072,7 +1099,7 @@ def cli_run(args) -> int:
         if args.replicas < 1 or opts.port == 0:
             _err("--ray needs --replicas of at least 1 and a fixed --port (Ray's proxy does not take port 0)")
             return 2
-        return serve_ray.cli_run(opts, args.replicas, args.ray_address, args.cpus_per_replica)
+        return serve_ray.cli_run(opts, args.replicas, args.ray_address, args.cpus_per_replica, args.ray_direct)
     return serve(opts)
 
 

@@ -6,6 +6,9 @@ are free and, with every slot held, gets the single server's capacity error and 
 RealtimeClientASR works through the Ray endpoint; a replica killed mid-stream loses only its own sessions; a
 scale-down drains a replica without losing a session; /health and /metrics answer per replica and in total.
 
+Every test of the cluster runs twice: with the sessions' messages through Ray's proxy, and with --ray-direct (the
+endpoint redirects each WebSocket to its replica's own port, a slot held for it).
+
 Marked `ray` (pytest -m ray, or -m "not ray" to leave it out): it starts a Ray cluster, about a minute here.
 """
 import asyncio
@@ -54,9 +57,15 @@ def free_port() -> int:
 
 
 class RayApp:
-    def __init__(self, port: int, opts: srv.ServeOptions):
+    def __init__(self, port: int, opts: srv.ServeOptions, direct: bool):
         self.port = port
         self.opts = opts
+        self.direct = direct  # --ray-direct
+
+    def wait_slot_seen(self) -> None:
+        """After a session ends: until the router can know the slot is free (under --ray-direct, the replica's next
+        routing report; through the proxy, at once)."""
+        time.sleep(serve_ray.ROUTING_STATS_PERIOD_S + 1.5 if self.direct else 0.5)
 
     @property
     def ws_url(self) -> str:
@@ -86,7 +95,7 @@ class RayApp:
     def deploy(self, replicas: int) -> None:
         # a fixed version: a change of num_replicas alone scales (the drain test) rather than redeploying
         serve.run(serve_ray.build(self.opts, replicas, cpus_per_replica=1, graceful_shutdown_timeout_s=30,
-                                  version="test"), name=serve_ray.APP_NAME, route_prefix="/")
+                                  version="test", direct=self.direct), name=serve_ray.APP_NAME, route_prefix="/")
 
     def wait_ready(self, replicas: int, timeout: float = 90.0) -> None:
         t0 = time.monotonic()
@@ -120,8 +129,8 @@ class RayApp:
         self.wait_ready(replicas)
 
 
-@pytest.fixture(scope="module")
-def app():
+@pytest.fixture(scope="module", params=["proxy", "direct"])
+def app(request):
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
@@ -129,7 +138,7 @@ def app():
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         opts = srv.ServeOptions(model=str(DEMO), max_streams=SLOTS, lookahead_ms=LA, threads=1, heartbeat_s=0,
                                 idle_timeout_s=10, max_queued_s=1, shutdown_timeout_s=15, api_key=API_KEY)
-        a = RayApp(port, opts)
+        a = RayApp(port, opts, direct=request.param == "direct")
         a.deploy(REPLICAS)
         a.wait_ready(REPLICAS)
         a.wait_routed(REPLICAS)
@@ -172,6 +181,7 @@ class Client:
 
     async def open(self) -> dict:
         self.ws = await websockets.connect(self.app.ws_url, additional_headers={"Authorization": f"Bearer {API_KEY}"})
+        self.port = self.ws.remote_address[1]  # the proxy's port, or under --ray-direct the replica's own
         first = json.loads(await self.ws.recv())
         if first["type"] == "conversation.created":
             self.replica = first["conversation"]["replica"]
@@ -236,6 +246,10 @@ def test_sessions_spread_over_replicas_with_exact_transcripts(app, engine):
     for c, res in out:
         assert [r["transcript"] for r in res] == [c.want(engine)]
     assert len({c.replica for c, _ in out}) == REPLICAS
+    # under --ray-direct every session's messages went to its replica's own port (one per replica), else the proxy's
+    ports = {c.replica: c.port for c, _ in out}
+    assert len({c.port for c, _ in out}) == (REPLICAS if app.direct else 1)
+    assert all(c.port == ports[c.replica] for c, _ in out) and (app.port in ports.values()) != app.direct
     time.sleep(serve_ray.REPORT_INTERVAL_S + 0.5)  # each replica's next report
     after = app.metric("nemotron_sessions_total")
     assert set(after) == {c.replica for c, _ in out}
@@ -317,7 +331,7 @@ def test_admission_fills_free_replicas_then_refuses(app, engine):
             await extra.ws.recv()
         assert e.value.rcvd.code == srv.CLOSE_TRY_LATER
         await held.pop().ws.close()
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(app.wait_slot_seen)
         c = Client(app, EXAMPLES[1])
         assert (await c.open())["type"] == "conversation.created"
         await c.send_audio(len(c.data))
@@ -458,6 +472,30 @@ def test_client_secrets_any_replica_can_check(engine):
     assert b.admit_websocket("transcription", ["realtime", "realtime-token.x.y.z"], None, "peer")[0] == 401
 
 
+def test_redirect_tickets_hold_and_free_slots(engine):
+    """--ray-direct: a redirect holds a stream slot under a ticket; its connection at the direct port takes it
+    (once); with every slot held (tickets included) no ticket is issued, nor while draining; a ticket unclaimed after
+    TICKET_TTL_S frees its slot. Credentials are checked without taking a client secret. No cluster needed."""
+    opts = srv.ServeOptions(model=str(DEMO), max_streams=2, api_key="k-1")
+    s = serve_ray.RayRealtimeServer(opts, engine)
+    a, b = s.issue_slot_ticket(), s.issue_slot_ticket()
+    assert a and b and s.reserved == 2 and s.issue_slot_ticket() is None
+    assert s.take_slot_ticket(a) and not s.take_slot_ticket(a) and not s.take_slot_ticket("forged")
+    assert not s.take_slot_ticket(None) and s.reserved == 2  # a's slot is now its session's to release
+    s.reserved -= 1  # that session ends
+    assert s.tickets[b] > time.monotonic() + serve_ray.TICKET_TTL_S - 5
+    s.tickets[b] = time.monotonic() - 0.01  # b was never claimed: its TICKET_TTL_S ran out
+    s.sweep_tickets()
+    assert s.reserved == 0 and not s.tickets
+    s.stopping = True
+    assert s.issue_slot_ticket() is None
+    token = s.issue_secret()[0]
+    assert s.auth_plausible(["realtime", f"realtime-token.{token}"], None)
+    assert s.redeem_secret(token)  # not taken by the check
+    assert not s.auth_plausible(["realtime", "realtime-token.x.y.z"], None) and not s.auth_plausible([], None)
+    assert s.auth_plausible([], "Bearer k-1") and not s.auth_plausible([], "Bearer k-2")
+
+
 def test_build_app_from_config_args():
     """The `serve run` config's args: ServeOptions fields plus replicas and cpus_per_replica; unknown ones are named.
     On CPU a replica holds cpus_per_replica cores and as many torch threads; on CUDA one GPU."""
@@ -465,6 +503,7 @@ def test_build_app_from_config_args():
     dep = app._bound_deployment
     assert dep.num_replicas == 3 and dep.max_ongoing_requests == 5 + serve_ray.SPARE
     assert dep.ray_actor_options["num_cpus"] == 2
+    assert serve_ray.build_app({"model": str(DEMO), "direct": True})._bound_deployment.init_args[2] is True
     assert serve_ray.replica_options(srv.ServeOptions(model="weights/demo"), 2).threads == 2
     assert Path(serve_ray.replica_options(srv.ServeOptions(model="weights/demo")).model).is_absolute()
     gpu = serve_ray.build(srv.ServeOptions(model=str(DEMO), device="cuda"), 2)
