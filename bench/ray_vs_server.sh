@@ -12,7 +12,8 @@
 # Usage: bash bench/ray_vs_server.sh OUT_DIR
 #   env: LOOKAHEAD (1120), N_MIN (24), N_MAX (128), RAY_N_MIN and RAY_N_MAX (the Ray runs' bracket; default N_MIN,
 #        N_MAX), REL_TOL (0.1), RUN_S (30), REPLICAS ("1 2 3"), MAX_STREAMS (128), ONLY_RAY (set: skip steps 0 and 1),
-#        MODEL (weights/demo), MODES ("proxy direct"). Needs a quiet machine: nothing else running.
+#        MODEL (weights/demo), MODES ("proxy direct"), SKIP_INPROCESS (set: skip step 0). Needs a quiet machine:
+#        nothing else running.
 # The run recorded in bench/results/ray-cpu-2core-epyc: N_MIN=40 N_MAX=120 RUN_S=30 for steps 0 and 1, then
 # ONLY_RAY=1 REPLICAS="1 2" RAY_N_MIN=2 RAY_N_MAX=40 RUN_S=30 (the Ray endpoint failed at 40 sessions).
 set -euo pipefail
@@ -37,9 +38,11 @@ capacity() {  # $1: port, $2: out name, $3 $4: the search's bracket
         --run-s "${RUN_S:-30}" --loop-s "${RUN_S:-30}" --out "$OUT/$2"
 }
 if [ -z "${ONLY_RAY:-}" ]; then
+if [ -z "${SKIP_INPROCESS:-}" ]; then
 echo "== in process, lookahead $LA ms"
 nemotron-engine loadtest --model "$MODEL" --threads 1 --lookahead-ms "$LA" --capacity --n-min "${N_MIN:-24}" \
     --n-max "${N_MAX:-128}" --rel-tol "${REL_TOL:-0.1}" --run-s "${RUN_S:-30}" --out "$OUT/inprocess"
+fi
 echo "== single server, lookahead $LA ms"
 nemotron-engine serve --model "$MODEL" --port 0 --threads 1 --max-streams "$MAXS" --idle-timeout-s 120 \
     2> "$OUT/serve-single.log" &

@@ -286,6 +286,15 @@ def aggregate_health(reports: dict[str, dict]) -> dict:
 
 
 # ---- the Ray Serve application -----------------------------------------------------------------------------------
+def _is_websocket(pending_request) -> bool:
+    """Whether a request Ray's proxy routes is a WebSocket upgrade. Ray 2.60 hands the router the request's ASGI
+    scope pickled (a StreamingHTTPRequest, the first argument), and its metadata says only HTTP; a WebSocket's scope
+    has "type": "websocket", pickled as that short unicode string. Not unpickled here: the request carries actor
+    handles. (tests/test_serve_ray.py fails on a Ray release that changes this: sessions would no longer spread.)"""
+    args = getattr(pending_request, "args", None)
+    return bool(args) and isinstance(args[0], bytes) and b"\x8c\twebsocket" in args[0][:4096]
+
+
 def _deployments():
     """The deployment classes, defined on first use so that importing this module does not need Ray."""
     from fastapi import FastAPI, Request, WebSocket
@@ -306,7 +315,8 @@ def _deployments():
 
         Under --ray-direct a session is an ongoing request only while its redirect is answered; the slot it holds
         then shows in the slots in use that the replica reports every ROUTING_STATS_PERIOD_S (with the time of the
-        report). Until a report newer than the redirect arrives, the router counts the redirect itself."""
+        report). Until a report newer than the redirect arrives, the router counts the redirect itself (and every
+        WebSocket it routed to a replica that has not reported yet: a new replica, whose mode it cannot know)."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -322,9 +332,12 @@ def _deployments():
             # request of Ray's once its redirect is answered)
             stats = getattr(replica, "routing_stats", None) or {}
             used = stats.get("slots_used", 0)
-            if stats.get("direct"):  # redirected there since its last report
-                used += sum(1 for r, t in self._redirected if r == rid and t > stats.get("at", 0.0))
-            return max(self._sent.get(rid, 0), cached, used) + sum(1 for r, _ in self._chosen if r == rid)
+            chosen = sum(1 for r, _ in self._chosen if r == rid)
+            if stats.get("direct", True):  # (or no report yet: a new replica)
+                # its last report, the redirects answered since, and those in flight (their slots may not be held yet)
+                since = sum(1 for r, t in self._redirected if r == rid and t > stats.get("at", 0.0))
+                return used + since + self._sent.get(rid, 0) + chosen
+            return max(self._sent.get(rid, 0), cached, used) + chosen
 
         async def choose_replicas(self, candidate_replicas, pending_request=None):
             if not candidate_replicas:
@@ -333,9 +346,8 @@ def _deployments():
             self._chosen = [(r, t) for r, t in self._chosen if now - t < 2.0]
             wall = time.time()
             self._redirected = [(r, t) for r, t in self._redirected if wall - t < 30.0]
-            meta = getattr(pending_request, "metadata", None)
-            if getattr(meta, "_http_method", "") == "WS":  # Ray's proxy marks a WebSocket upgrade so
-                self._ws.add(meta.internal_request_id)
+            if pending_request is not None and _is_websocket(pending_request):
+                self._ws.add(pending_request.metadata.internal_request_id)
             ranked = sorted(candidate_replicas, key=lambda r: self._load(r, now))
             self._chosen.append((ranked[0].replica_id, now))
             return [[r] for r in ranked]
@@ -531,16 +543,21 @@ def _deployments():
             """--ray-direct: answer the upgrade with 307 to this replica's own port, a slot held for the client
             (its ticket in the URL) -> True. False (served here, through the proxy, as without --ray-direct): the
             request is refused anyway (credentials, intent: the same error as without), every slot is held (the
-            capacity error), or the proxy cannot send a redirect."""
+            capacity error; but first, a peer that the directory says has room gets the client, no slot held
+            there), or the proxy cannot send a redirect."""
             server = self.server
             if websocket.query_params.get("intent", "transcription") != "transcription" or \
                     not server.auth_plausible(offered, websocket.headers.get("authorization")):
                 return False
-            ticket = server.issue_slot_ticket()
-            if ticket is None:
-                return False
             query = [(k, v) for k, v in websocket.query_params.multi_items() if k != srv.TICKET_PARAM]
-            location = f"{self.direct_url}{srv.WS_PATH}?{urlencode(query + [(srv.TICKET_PARAM, ticket)])}"
+            ticket = server.issue_slot_ticket()
+            if ticket is not None:
+                location = f"{self.direct_url}{srv.WS_PATH}?{urlencode(query + [(srv.TICKET_PARAM, ticket)])}"
+            else:  # full: a router's count was off (another proxy's sessions, a report in flight); a peer with room?
+                peer = await self._peer_with_room()
+                if peer is None:
+                    return False
+                location = f"{peer}{srv.WS_PATH}?{urlencode(query)}"  # no slot held there: admitted as it arrives
             try:
                 await websocket.send_denial_response(Response(status_code=307, headers={"Location": location}))
             except RuntimeError:  # no denial-response extension in this proxy: serve the session here
@@ -548,6 +565,19 @@ def _deployments():
                     server.reserved -= 1
                 return False
             return True
+
+        async def _peer_with_room(self) -> str | None:
+            """The direct URL of the replica with the most free slots in the directory's last reports (at most a
+            second old), other than this one; None if none has a free slot (or the directory does not answer)."""
+            if self.directory is None:
+                return None
+            try:
+                reports = await asyncio.wait_for(self.directory.collect.remote(), 2.0)
+            except Exception:  # noqa: BLE001 (the directory restarting: no peer known)
+                return None
+            best = max(((h.get("stream_slots_free", 0), h.get("direct_url")) for tag, (h, _) in reports.items()
+                        if tag != self.server.replica and h.get("ready") and h.get("direct_url")), default=None)
+            return best[1] if best is not None and best[0] > 0 else None
 
         @app.get("/health")
         @app.get("/health/ready")

@@ -883,7 +883,12 @@ class RealtimeServer:
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,) if SUBPROTOCOL in offered else (),
                                    max_msg_size=4 * self.opts.max_message_bytes,
                                    heartbeat=self.opts.heartbeat_s or None, compress=False)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if held:  # the client went before its session began: the slot held for it is free again
+                self.reserved -= 1
+            raise
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None
         if sock is not None and self.opts.send_buffer_bytes:
             with contextlib.suppress(OSError):
