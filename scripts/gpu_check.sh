@@ -67,7 +67,7 @@ rc=$?
 status "gpu_tests grid kernel" $rc
 [ $rc -eq 0 ] || export NEMOTRON_SKIP_GRID=1
 T_END=$((SECONDS + ${GPU_TEST_TIMEOUT:-200}))
-for f in $(ls tests/test_kernels_*.py tests/test_decoder_cuda.py 2>/dev/null); do
+for f in $(ls tests/test_kernels_*.py tests/test_decoder_cuda.py tests/test_bf16.py 2>/dev/null); do
     left=$((T_END - SECONDS)); [ $left -gt 5 ] || { echo "$f: no time left" >> "$OUT/gpu_tests.log"; continue; }
     echo "=== $f" >> "$OUT/gpu_tests.log"
     timeout $left $PY -m pytest -m gpu "$f" -k "not grid_kernel" -q -rfE -p no:cacheprovider --durations=5 \
