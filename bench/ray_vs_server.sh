@@ -23,15 +23,7 @@ MODEL=${MODEL:-weights/demo}
 LA=${LOOKAHEAD:-1120}
 MAXS=${MAX_STREAMS:-128}
 mkdir -p "$OUT"
-wait_listening() {  # $1: log file, $2: pid -> sets PORT
-    for _ in $(seq 1500); do
-        PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$1" | head -1)
-        [ -n "$PORT" ] && return 0
-        kill -0 "$2" 2>/dev/null || { cat "$1"; return 1; }
-        sleep 0.2
-    done
-    cat "$1"; return 1
-}
+source bench/serve_lib.sh
 capacity() {  # $1: port, $2: out name, $3 $4: the search's bracket
     nemotron-engine loadtest --url "ws://127.0.0.1:$1" --model "$MODEL" --threads 1 --lookahead-ms "$LA" \
         --capacity --n-min "$3" --n-max "$4" --rel-tol "${REL_TOL:-0.1}" \

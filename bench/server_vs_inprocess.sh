@@ -15,18 +15,13 @@ OUT=${1:?usage: bench/server_vs_inprocess.sh OUT_DIR}
 MODEL=${MODEL:-weights/demo}
 RUN_S=${RUN_S:-60}
 mkdir -p "$OUT"
+source bench/serve_lib.sh
 serve_start() {  # $1: max streams -> sets PORT, SERVER_PID; the server's log in $OUT/serve-$2.log
     local log="$OUT/serve-$2.log"
     nemotron-engine serve --model "$MODEL" --port 0 --threads 1 --max-streams "$1" --idle-timeout-s 120 \
         2> "$log" &
     SERVER_PID=$!
-    for _ in $(seq 600); do
-        PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-        [ -n "$PORT" ] && return 0
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log"; return 1; }
-        sleep 0.2
-    done
-    return 1
+    wait_listening "$log" "$SERVER_PID"
 }
 serve_stop() { kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; }
 for LA in ${LOOKAHEADS:-1120 80}; do

@@ -37,6 +37,7 @@ metrics (`ray_serve_*`, tagged by replica) are exported by Ray's metrics agent a
 """
 import asyncio
 import base64
+import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -63,6 +64,7 @@ REPORT_MAX_AGE_S = 3.0  # a replica that has not reported for this long is gone 
 DRAIN_POLL_S = 0.1
 TICKET_TTL_S = 10.0  # how long a redirect (--ray-direct) holds its slot for the client to arrive at the direct port
 ROUTING_STATS_PERIOD_S = 1.0  # how often Ray Serve asks each replica for its slots in use (FreeSlotsRouter)
+REDIRECT_MEMORY_S = 30.0  # how long a router remembers a redirect it answered (a replica reports within seconds)
 
 
 def ray_missing() -> str | None:
@@ -171,11 +173,15 @@ class RayRealtimeServer(srv.RealtimeServer):
     def take_slot_ticket(self, ticket: str | None) -> bool:
         return ticket is not None and self.tickets.pop(ticket, None) is not None
 
+    def drop_slot_ticket(self, ticket: str | None) -> None:
+        """Free the slot held under `ticket` (not claimed, not to be)."""
+        if self.tickets.pop(ticket, None) is not None:
+            self.reserved -= 1
+
     def sweep_tickets(self) -> None:
         now = time.monotonic()
         for t in [t for t, deadline in self.tickets.items() if deadline <= now]:
-            del self.tickets[t]
-            self.reserved -= 1
+            self.drop_slot_ticket(t)
 
     def _mac(self, msg: str) -> str:
         d = hmac.new(self.opts.api_key.encode(), msg.encode(), hashlib.sha256).digest()[:18]
@@ -323,9 +329,10 @@ def _deployments():
             self._sent: dict = {}  # replica id -> requests sent there and not completed
             self._chosen: list = []  # (replica id, time) chosen, not yet sent
             self._ws: set = set()  # internal ids of WebSocket upgrades routed, not completed
-            self._redirected: list = []  # (replica id, time.time()) of WebSocket upgrades completed (redirects)
+            # replica id -> time.time() of the WebSocket upgrades completed there (redirects), ascending
+            self._redirected: dict = {}
 
-        def _load(self, replica, now: float) -> int:
+        def _load(self, replica) -> int:
             rid = replica.replica_id
             cached = self.replica_queue_len_cache.get(rid) or 0
             # the slots in use that the replica last reported (a redirected session, --ray-direct, is no ongoing
@@ -335,7 +342,8 @@ def _deployments():
             chosen = sum(1 for r, _ in self._chosen if r == rid)
             if stats.get("direct", True):  # (or no report yet: a new replica)
                 # its last report, the redirects answered since, and those in flight (their slots may not be held yet)
-                since = sum(1 for r, t in self._redirected if r == rid and t > stats.get("at", 0.0))
+                times = self._redirected.get(rid, [])
+                since = len(times) - bisect.bisect_right(times, stats.get("at", 0.0))
                 return used + since + self._sent.get(rid, 0) + chosen
             return max(self._sent.get(rid, 0), cached, used) + chosen
 
@@ -344,11 +352,9 @@ def _deployments():
                 return []
             now = time.monotonic()
             self._chosen = [(r, t) for r, t in self._chosen if now - t < 2.0]
-            wall = time.time()
-            self._redirected = [(r, t) for r, t in self._redirected if wall - t < 30.0]
             if pending_request is not None and _is_websocket(pending_request):
                 self._ws.add(pending_request.metadata.internal_request_id)
-            ranked = sorted(candidate_replicas, key=lambda r: self._load(r, now))
+            ranked = sorted(candidate_replicas, key=self._load)
             self._chosen.append((ranked[0].replica_id, now))
             return [[r] for r in ranked]
 
@@ -366,7 +372,10 @@ def _deployments():
         def on_request_completed(self, replica_id, internal_request_id):
             if internal_request_id in self._ws:
                 self._ws.discard(internal_request_id)
-                self._redirected.append((replica_id, time.time()))
+                now = time.time()
+                times = self._redirected.setdefault(replica_id, [])
+                del times[:bisect.bisect_left(times, now - REDIRECT_MEMORY_S)]  # older than any report still to come
+                times.append(now)
             n = self._sent.get(replica_id, 0) - 1
             if n > 0:
                 self._sent[replica_id] = n
@@ -561,8 +570,7 @@ def _deployments():
             try:
                 await websocket.send_denial_response(Response(status_code=307, headers={"Location": location}))
             except RuntimeError:  # no denial-response extension in this proxy: serve the session here
-                if server.take_slot_ticket(ticket):
-                    server.reserved -= 1
+                server.drop_slot_ticket(ticket)
                 return False
             return True
 

@@ -873,26 +873,21 @@ class RealtimeServer:
         offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", [])
                    for p in h.split(",") if p.strip()]
         await self.before_admit(offered)
-        held = self.take_slot_ticket(request.query.get(TICKET_PARAM))
         status, body, auth = self.admit_websocket(request.query.get("intent", "transcription"), offered,
                                                   request.headers.get("Authorization"), request.remote)
         if status != 200:
-            if held:
-                self.reserved -= 1
             return web.json_response(body, status=status)
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,) if SUBPROTOCOL in offered else (),
                                    max_msg_size=4 * self.opts.max_message_bytes,
                                    heartbeat=self.opts.heartbeat_s or None, compress=False)
-        try:
-            await ws.prepare(request)
-        except BaseException:
-            if held:  # the client went before its session began: the slot held for it is free again
-                self.reserved -= 1
-            raise
+        await ws.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None
         if sock is not None and self.opts.send_buffer_bytes:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.opts.send_buffer_bytes)
+        # a slot held for this client (a Ray replica's redirect) passes to its session here, nothing awaited between;
+        # a client refused or gone before this leaves its ticket to expire (serve_ray.TICKET_TTL_S)
+        held = self.take_slot_ticket(request.query.get(TICKET_PARAM))
         sess = Session(self, AiohttpConnection(ws, request), auth, slot_held=held)
         await sess.run()
         return ws

@@ -37,6 +37,7 @@ from ray import serve  # noqa: E402
 from nemotron_engine import serve_ray  # noqa: E402
 from nemotron_engine import server as srv  # noqa: E402
 from nemotron_engine.cli import read_audio  # noqa: E402
+from test_server import engine, run  # noqa: E402,F401  (the in-process engine fixture, shared)
 
 pytestmark = pytest.mark.ray
 
@@ -146,20 +147,6 @@ def app(request):
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def engine():
-    import torch
-
-    from nemotron_engine.engine import Engine
-
-    torch.set_num_threads(1)
-    return Engine(DEMO, max_streams=2)
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def pcm16(path: Path) -> bytes:
@@ -361,6 +348,15 @@ def test_ws_loadtest_through_ray(app, engine):
     assert not any("leaked" in f for f in rep["failures"]), rep["failures"]
 
 
+async def half_sent(app: RayApp, n: int) -> list[Client]:
+    """n sessions opened one after another (the first n examples), each with half its recording sent."""
+    clients = [Client(app, EXAMPLES[i]) for i in range(n)]
+    for c in clients:
+        await c.open()
+        await c.send_audio(len(c.data) // 2)
+    return clients
+
+
 def replica_actor(tag: str):
     for a in ray.util.list_named_actors(all_namespaces=True):
         if a["name"].startswith("SERVE_REPLICA::") and a["name"].endswith("#" + tag):
@@ -374,10 +370,7 @@ def test_killed_replica_loses_only_its_sessions(app, engine):
     app.wait_routed(REPLICAS)
 
     async def go():
-        clients = [Client(app, EXAMPLES[i]) for i in range(4)]
-        for c in clients:
-            await c.open()
-            await c.send_audio(len(c.data) // 2)
+        clients = await half_sent(app, 4)
         victim = clients[0].replica
         ray.kill(replica_actor(victim), no_restart=True)
         lost = [c for c in clients if c.replica == victim]
@@ -415,10 +408,7 @@ def test_scale_down_drains_without_losing_a_session(app, engine):
     app.wait_routed(REPLICAS)
 
     async def go():
-        clients = [Client(app, EXAMPLES[i]) for i in range(4)]
-        for c in clients:
-            await c.open()
-            await c.send_audio(len(c.data) // 2)
+        clients = await half_sent(app, 4)
         assert len({c.replica for c in clients}) == REPLICAS
         deploy = threading.Thread(target=app.deploy, args=(1,), daemon=True)
         deploy.start()

@@ -26,22 +26,23 @@ def _pcm16(n=2) -> list[np.ndarray]:
     return [(np.clip(a[: int(SECONDS * 16000)], -1, 1) * 32767).astype(np.int16) for _, a in models.corpus()[:n]]
 
 
-@pytest.fixture(scope="module")
-def prompt_server():
-    _, _, out = models.nemo_model("prompt_rnnt")
+def _server_of(kind: str):
+    """A server of the random checkpoint `kind` (models.nemo_model) -> (server, model dir), stopped after use."""
+    _, _, out = models.nemo_model(kind)
     s = ServerProc("--model", str(out))
     yield s, out
     s.stop()
     check_log(s)
+
+
+@pytest.fixture(scope="module")
+def prompt_server():
+    yield from _server_of("prompt_rnnt")
 
 
 @pytest.fixture(scope="module")
 def eou_server():
-    _, _, out = models.nemo_model("eou")
-    s = ServerProc("--model", str(out))
-    yield s, out
-    s.stop()
-    check_log(s)
+    yield from _server_of("eou")
 
 
 async def _session(server, x: np.ndarray, **session) -> list[dict]:
