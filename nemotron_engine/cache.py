@@ -11,8 +11,10 @@
   `[layers, S, H]`, last label `[S]`, projected decoder output `pred[S, J]`), the frame position of the next chunk
   `frames[S]` (padded frames included), the last 9 mel frames `mel[S, 9, n_mels]` (the next chunk's pre-encode
   cache) and, on the host, the stream's raw audio in a ring `pcm[S, ring + mirror]` (sample i of the stream at
-  i % ring; the ring's first `mirror` samples repeated after its end, so that any span of up to `mirror` samples
-  starting anywhere in the ring is contiguous: a step reads each stream's span as one row of a strided view).
+  i % ring; after its end, a mirror of up to `mirror` samples of its head, so that any span of up to `mirror`
+  samples starting anywhere in the ring is contiguous: a step reads each stream's span as one row of a strided view;
+  pushes write the ring only, and the step copies the head into the mirror for the spans that cross the ring's end,
+  about once a revolution per stream).
 Opening a stream takes a slot and its pages from free lists and clears them; `reset` clears them again for a new
 utterance; closing returns them. None of these allocates or moves another stream's data.
 """

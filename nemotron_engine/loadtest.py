@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import Engine
+from .engine import Engine, freeze_gc
 from .ops import Ops, get_ops
 
 DEFAULT_PUSH_MS = 80
@@ -166,6 +166,12 @@ def _loop_buffer(audio, min_len: int) -> np.ndarray:
     return np.ascontiguousarray(loop)
 
 
+def _packets(ext: np.ndarray, ps: int) -> np.ndarray:
+    """A read-only view [len(ext) - ps + 1, ps] of the looped audio: row p is the packet starting at sample p, so
+    that the packets of many streams are one gather (packets[at])."""
+    return np.lib.stride_tricks.sliding_window_view(ext, ps)
+
+
 def _stats(x_ms) -> dict:
     x = np.asarray(x_ms, dtype=np.float64)
     if x.size == 0:
@@ -220,6 +226,7 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
     loop = _loop_buffer(audio, ps)
     L = loop.size
     ext = np.concatenate([loop, loop[:ps]])  # any packet is one slice
+    packets = _packets(ext, ps)  # packets[p]: the packet starting at loop sample p (a view)
     if drain_limit_s is None:
         drain_limit_s = max(2.0, 2 * chunk_s, 0.25 * duration_s)
     if abort_latency_ms is None:
@@ -278,21 +285,29 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
             if now >= duration_s or state["aborted"]:
                 break
             held = []  # packets refused for want of room: tried again after the next step
+            due_now = []
             while heap and heap[0][0] <= now:
-                due, i = heapq.heappop(heap)
-                k = sent[i]
-                if streams[i].room() < ps:  # more than max_queued_s queued ahead of the engine: overloaded
-                    counts["refused_pushes"] += 1
-                    held.append((due, i))
-                    continue
-                p = (offsets[i] + k * ps) % L
-                streams[i].push(ext[p: p + ps])
-                t_p = clock() - t0
-                pushed_at[i, k] = t_p
-                delays.append(t_p - due)
-                sent[i] = k + 1
-                if due + push_s <= duration_s:
-                    heapq.heappush(heap, (due + push_s, i))
+                due_now.append(heapq.heappop(heap))
+            if due_now:  # one push_many for every packet due (each stream has at most one in the heap)
+                room = engine.rooms([streams[i] for _, i in due_now])
+                go = []
+                for (due, i), ok in zip(due_now, (room >= ps).tolist()):
+                    if ok:
+                        go.append((due, i))
+                    else:  # more than max_queued_s queued ahead of the engine: overloaded
+                        counts["refused_pushes"] += 1
+                        held.append((due, i))
+                if go:
+                    at = [(offsets[i] + sent[i] * ps) % L for _, i in go]
+                    engine.push_many([streams[i] for _, i in go], packets[at])
+                    t_p = clock() - t0
+                    for due, i in go:
+                        k = sent[i]
+                        pushed_at[i, k] = t_p
+                        delays.append(t_p - due)
+                        sent[i] = k + 1
+                        if due + push_s <= duration_s:
+                            heapq.heappush(heap, (due + push_s, i))
             for h in held:
                 heapq.heappush(heap, h)
             t_b = clock()
@@ -514,7 +529,7 @@ def bisect_capacity(run, n_lo: int, n_hi: int, rel_tol: float = 0.05, on_point=N
 # ---- host overhead ---------------------------------------------------------------------------------------------
 def host_overhead(model_dir_or_engine, n_streams: int, lookahead_ms: int = 80, *, ticks: int = 10,
                   warmup_ticks: int = 3, push_ms: float | None = None, audio=None, device="cpu", dtype="float32",
-                  backend=None, op_timer: Timer | None = None) -> dict:
+                  backend=None, op_timer: Timer | None = None, push: str = "many") -> dict:
     """The engine's own cost per stream-step, not in real time: N streams, each tick pushes `push_ms` of audio
     (default: one chunk period, the lookahead) to every stream and steps once; the last `ticks` ticks (after
     `warmup_ticks`) are measured -> per stream-step (us): push (the push calls), step (`engine.times.step_s`), ops
@@ -522,7 +537,11 @@ def host_overhead(model_dir_or_engine, n_streams: int, lookahead_ms: int = 80, *
     feature computation), host = push + step - ops, host_excl_features = host - features. Run it on a micro model
     (`micro_model.build_micro_model`) so that the math is negligible. Given an engine, pass the op timer that
     `make_engine(..., time_ops=True)` returned as op_timer. A push that finds less room than a packet (push_ms over
-    the chunk period lets the queues grow by a packet per tick) is skipped and counted in `refused_pushes`."""
+    the chunk period lets the queues grow by a packet per tick) is skipped and counted in `refused_pushes`.
+    push: "many" (one `Engine.push_many` per tick for every stream, as a serving loop batches its packets; the gather
+    of the packets from the looped audio is counted in push) or "each" (a `Stream.push` per stream)."""
+    if push not in ("many", "each"):
+        raise ValueError(f"push must be 'many' or 'each', got {push!r}")
     if isinstance(model_dir_or_engine, (str, Path)):
         engine, op_timer = make_engine(model_dir_or_engine, n_streams, device, dtype, backend, True)
     else:
@@ -539,6 +558,8 @@ def host_overhead(model_dir_or_engine, n_streams: int, lookahead_ms: int = 80, *
     ext = np.concatenate([loop, loop[:ps]])
     streams = [engine.open_stream(lookahead_ms) for _ in range(n_streams)]
     offsets = [(i * L) // n_streams for i in range(n_streams)]
+    offsets_np = np.array(offsets, np.int64)
+    packets = _packets(ext, ps)
     push_s = 0.0
     refused = 0
     clock = time.perf_counter
@@ -550,12 +571,19 @@ def host_overhead(model_dir_or_engine, n_streams: int, lookahead_ms: int = 80, *
                 push_s, refused = 0.0, 0
                 cpu_thread0, cpu_proc0, wall0 = time.thread_time(), time.process_time(), clock()
             a = clock()
-            for i, s in enumerate(streams):
-                if s.room() < ps:
-                    refused += 1
-                    continue
-                p = (offsets[i] + tick * ps) % L
-                s.push(ext[p: p + ps])
+            if push == "each":
+                for i, s in enumerate(streams):
+                    if s.room() < ps:
+                        refused += 1
+                        continue
+                    p = (offsets[i] + tick * ps) % L
+                    s.push(ext[p: p + ps])
+            else:  # one push_many per tick (the gather of the packets from the looped audio counted in it)
+                ok = engine.rooms(streams) >= ps
+                refused += int(ok.size - ok.sum())
+                go = np.flatnonzero(ok)
+                at = (offsets_np[go] + tick * ps) % L
+                engine.push_many([streams[i] for i in go.tolist()], packets[at])
             push_s += clock() - a
             engine.step()
         wall = clock() - wall0
@@ -566,7 +594,7 @@ def host_overhead(model_dir_or_engine, n_streams: int, lookahead_ms: int = 80, *
             engine.close(s)
     n = max(times.stream_steps, 1)
     rep = {"n_streams": n_streams, "lookahead_ms": int(lookahead_ms), "push_ms": ps / cfg.sample_rate * 1000,
-           "ticks": ticks, "steps": times.steps, "stream_steps": times.stream_steps, "refused_pushes": refused,
+           "ticks": ticks, "push": push, "steps": times.steps, "stream_steps": times.stream_steps, "refused_pushes": refused,
            "wall_s": wall, "push_us_per_stream_step": push_s / n * 1e6,
            "step_us_per_stream_step": times.step_s / n * 1e6,
            "cpu_thread_us_per_stream_step": cpu_thread / n * 1e6,
@@ -770,6 +798,7 @@ def cli_run(args) -> int:
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             _err(str(e))
             return 2
+        freeze_gc()  # as the server does once it is up
         save()
         for la in args.lookahead_ms:
             for n in args.streams or []:

@@ -435,6 +435,8 @@ def _deployments():
             self.server.replica = serve.get_replica_context().replica_tag
             self.server.directory = self.directory = directory
             await asyncio.to_thread(self.server.warm_up)
+            from .engine import freeze_gc
+            freeze_gc()
             self.server.start_stepper(asyncio.get_running_loop())
             self.direct_url = None  # --ray-direct: ws://host:port of this replica's own listener
             if direct:

@@ -1135,6 +1135,8 @@ def serve(opts: ServeOptions) -> int:
              engine.device, opts.dtype, engine.backend, engine.cache.max_streams, threads, os.cpu_count() or 0)
     t0 = time.perf_counter()
     server.warm_up()
+    from .engine import freeze_gc
+    freeze_gc()
     log.info("warm-up %.2f s", time.perf_counter() - t0)
 
     async def main() -> int:
