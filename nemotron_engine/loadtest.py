@@ -285,10 +285,10 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
             if now >= duration_s or state["aborted"]:
                 break
             held = []  # packets refused for want of room: tried again after the next step
-            due_now = []
-            while heap and heap[0][0] <= now:
-                due_now.append(heapq.heappop(heap))
-            if due_now:  # one push_many for every packet due (each stream has at most one in the heap)
+            while heap and heap[0][0] <= now:  # one push_many per round of due packets (a stream has one in the heap)
+                due_now = []
+                while heap and heap[0][0] <= now:
+                    due_now.append(heapq.heappop(heap))
                 room = engine.rooms([streams[i] for _, i in due_now])
                 go = []
                 for (due, i), ok in zip(due_now, (room >= ps).tolist()):
@@ -297,17 +297,18 @@ def run_load(engine_or_model_dir, n_streams: int, lookahead_ms: int, duration_s:
                     else:  # more than max_queued_s queued ahead of the engine: overloaded
                         counts["refused_pushes"] += 1
                         held.append((due, i))
-                if go:
-                    at = [(offsets[i] + sent[i] * ps) % L for _, i in go]
-                    engine.push_many([streams[i] for _, i in go], packets[at])
-                    t_p = clock() - t0
-                    for due, i in go:
-                        k = sent[i]
-                        pushed_at[i, k] = t_p
-                        delays.append(t_p - due)
-                        sent[i] = k + 1
-                        if due + push_s <= duration_s:
-                            heapq.heappush(heap, (due + push_s, i))
+                if not go:
+                    continue
+                at = [(offsets[i] + sent[i] * ps) % L for _, i in go]
+                engine.push_many([streams[i] for _, i in go], packets[at])
+                t_p = clock() - t0
+                for due, i in go:  # a stream behind by several packets gets the next one in the next round
+                    k = sent[i]
+                    pushed_at[i, k] = t_p
+                    delays.append(t_p - due)
+                    sent[i] = k + 1
+                    if due + push_s <= duration_s:
+                        heapq.heappush(heap, (due + push_s, i))
             for h in held:
                 heapq.heappush(heap, h)
             t_b = clock()
