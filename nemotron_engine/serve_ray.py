@@ -63,6 +63,7 @@ REPORT_INTERVAL_S = 1.0  # how often a replica reports its metrics and health to
 REPORT_MAX_AGE_S = 3.0  # a replica that has not reported for this long is gone (killed, or stopped)
 DRAIN_POLL_S = 0.1
 TICKET_TTL_S = 10.0  # how long a redirect (--ray-direct) holds its slot for the client to arrive at the direct port
+CONTROL_LOOP_INTERVAL_S = 0.5  # Serve's control loop, on a local cluster `serve --ray` starts (Ray's default 0.1)
 ROUTING_STATS_PERIOD_S = 1.0  # how often Ray Serve asks each replica for its slots in use (FreeSlotsRouter)
 REDIRECT_MEMORY_S = 30.0  # how long a router remembers a redirect it answered (a replica reports within seconds)
 
@@ -713,6 +714,11 @@ def cli_run(opts: srv.ServeOptions, replicas: int, address: str | None, cpus_per
         _err(f"{opts.model}: not a model directory (no config.json); give --model, a directory written by "
              "`nemotron-engine convert`")
         return 2
+    if address is None:
+        # the local cluster started here: Serve's controller checks its deployments every 0.1 s by default, the
+        # largest of Ray's fixed costs on a small node (bench/ray_idle_cpu.sh); every 0.5 s is plenty for replicas
+        # whose health checks run every 10 s. A cluster started by `ray start` keeps its own setting.
+        os.environ.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", str(CONTROL_LOOP_INTERVAL_S))
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": str(opts.threads or 1)}} if address is None else None)
     serve.start(proxy_location="EveryNode", http_options={"host": opts.host, "port": opts.port})
