@@ -330,13 +330,15 @@ def test_admission_fills_free_replicas_then_refuses(app, engine):
 
 
 def test_ws_loadtest_through_ray(app, engine):
-    """`nemotron-engine loadtest --url` against the Ray endpoint: 4 clients run 8 sessions back to back (minting
+    """`nemotron-engine loadtest --url` against the Ray endpoint: 3 clients run 8 sessions back to back (minting
     secrets), a quarter vanishing mid-stream: every other one held with the in-process engine's transcript, no
-    error, and the summed /metrics and /health show every slot of both replicas free at the end."""
+    error, and the summed /metrics and /health show every slot of both replicas free at the end. (3 clients, not
+    4: a vanished session holds its slot until the server has seen the connection go, so 4 clients could briefly
+    need 6 slots, all of both replicas', and a stale slot count then refuses one: seen once in CI with --ray-direct.)"""
     from nemotron_engine.ws_loadtest import run_ws_load
 
     app.wait_ready(REPLICAS)
-    rep = run_ws_load(app.ws_url, 4, LA, EXAMPLES[:2], sessions=8, eou_fraction=0.25, vanish_fraction=0.25,
+    rep = run_ws_load(app.ws_url, 3, LA, EXAMPLES[:2], sessions=8, eou_fraction=0.25, vanish_fraction=0.25,
                       api_key=API_KEY, check_engine=engine, watch_s=0.5)
     s = rep["sessions"]
     assert (s["total"], s["vanished"], s["held"], s["rejected"]) == (8, 2, 6, 0), s
