@@ -387,31 +387,36 @@ class Engine:
         keep_from = self._utt_start.item(slot) + self._next_mel.item(slot) * self._hop - self._span_back
         return max(self._ring - (self._pushed.item(slot) - max(keep_from, 0)), 0)
 
+    def _rooms(self, slots: np.ndarray) -> np.ndarray:
+        """_room of many slots at once (int64 [len(slots)])."""
+        keep_from = self._utt_start[slots] + self._next_mel[slots] * self._hop - self._span_back
+        return np.maximum(self._ring - (self._pushed[slots] - np.maximum(keep_from, 0)), 0)
+
+    def _queue_full(self, sid: int, room: int, n: int, advice: str) -> RuntimeError:
+        """The error of a push that finds less room than its n samples."""
+        sr = self.cfg.sample_rate
+        return RuntimeError(
+            f"stream {sid}: {(self._ring - room) / sr:.2f} s of audio already queued ahead of the engine and {n} "
+            f"samples ({n / sr:.2f} s) more would exceed max_queued_s={self.max_queued_s}; step the engine "
+            f"(engine.step()) before pushing more, push at most {advice} samples, or create the Engine with a larger "
+            "max_queued_s")
+
     def _write(self, s: Stream, x: np.ndarray) -> None:
         n = x.size
-        ring = self._ring
         slot = s.slot
         with self._lock:
             if s.closed:
                 raise RuntimeError(f"stream {s.id} is closed")
-            pushed = self._pushed.item(slot)
-            keep_from = self._utt_start.item(slot) + self._next_mel.item(slot) * self._hop - self._span_back
-            room = max(ring - (pushed - max(keep_from, 0)), 0)
+            room = self._room(slot)
             if n > room:
-                queued = (ring - room) / self.cfg.sample_rate
-                raise RuntimeError(
-                    f"stream {s.id}: {queued:.2f} s of audio already queued ahead of the engine and {n} samples "
-                    f"({n / self.cfg.sample_rate:.2f} s) more would exceed max_queued_s={self.max_queued_s}; step "
-                    "the engine (engine.step()) before pushing more, push at most stream.room() samples, or create "
-                    "the Engine with a larger max_queued_s")
-            self._write_row(slot, pushed % ring, x)
+                raise self._queue_full(s.id, room, n, "stream.room()")
+            pushed = self._pushed.item(slot)
+            self._write_row(slot, pushed % self._ring, x)
             self._pushed[slot] = pushed + n
 
     def rooms(self, streams) -> np.ndarray:
         """Samples push() accepts now, per stream (int64 [len(streams)]): `Stream.room()` of many in one call."""
-        slots = np.fromiter((s.slot for s in streams), np.int64, len(streams))
-        keep_from = self._utt_start[slots] + self._next_mel[slots] * self._hop - self._span_back
-        return np.maximum(self._ring - (self._pushed[slots] - np.maximum(keep_from, 0)), 0)
+        return self._rooms(np.fromiter((s.slot for s in streams), np.int64, len(streams)))
 
     def push_many(self, streams, pcm) -> None:
         """Append one packet of audio to each of many streams: `pcm[i]` to `streams[i]`, all packets of the same
@@ -462,16 +467,11 @@ class Engine:
                 if s.input_done:
                     raise RuntimeError(f"stream {s.id}: push() after finish()")
             pushed = self._pushed[slots]
-            keep_from = self._utt_start[slots] + self._next_mel[slots] * self._hop - self._span_back
-            room = np.maximum(ring - (pushed - np.maximum(keep_from, 0)), 0)
+            room = self._rooms(slots)
             if (short := np.flatnonzero(room < n)).size:
                 k = int(short[0])
-                raise RuntimeError(
-                    f"stream {streams[k].id}: {(ring - room[k]) / self.cfg.sample_rate:.2f} s of audio already "
-                    f"queued ahead of the engine and {n} samples ({n / self.cfg.sample_rate:.2f} s) more would exceed "
-                    f"max_queued_s={self.max_queued_s}; step the engine (engine.step()) before pushing more, push at "
-                    "most engine.rooms(streams) samples, or create the Engine with a larger max_queued_s; nothing of "
-                    "this push_many() call was written")
+                err = self._queue_full(streams[k].id, int(room[k]), n, "engine.rooms(streams)")
+                raise RuntimeError(f"{err}; nothing of this push_many() call was written")
             at = pushed % ring
             # one scattered copy through a strided view of the rings: win[slot, a] is row slot's samples [a, a + n);
             # a packet that wraps around the ring (rare: once a revolution) goes alone
