@@ -42,6 +42,35 @@ def test_shipped_model_is_small_and_complete():
     assert len(EXPECTED) >= 3
 
 
+def test_shipped_files_name_no_machine_path(tmp_path):
+    """SentencePiece records the paths it was trained with in the model file; the harness strips them to file names
+    (nemo_harness.strip_trainer_paths), which leaves the tokenizer itself as it was."""
+    import re
+
+    import sentencepiece as spm
+
+    for p in DEMO_DIR.rglob("*"):
+        if p.is_file():
+            hit = re.search(rb"(/tmp/|/root/|/home/|/work/)", p.read_bytes())
+            assert hit is None, f"{p.name} names a machine path: {hit.group(0)!r}"
+    # the stripping, on a tokenizer trained here into a deep directory
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "text.txt").write_text("\n".join(["hello world, how are you?", "the cat sat on the mat."] * 20))
+    spm.SentencePieceTrainer.train(input=str(deep / "text.txt"), model_prefix=str(deep / "tok"), vocab_size=40,
+                                   model_type="bpe", minloglevel=2, num_threads=1)
+    model = deep / "tok.model"
+    before = spm.SentencePieceProcessor(model_file=str(model))
+    assert str(deep).encode() in model.read_bytes()
+    H.strip_trainer_paths(model)
+    data = model.read_bytes()
+    assert str(tmp_path).encode() not in data and b"text.txt" in data
+    after = spm.SentencePieceProcessor(model_file=str(model))
+    pieces = [(before.id_to_piece(i), before.get_score(i)) for i in range(before.get_piece_size())]
+    assert pieces == [(after.id_to_piece(i), after.get_score(i)) for i in range(after.get_piece_size())]
+    assert before.encode("the hat, the cat?") == after.encode("the hat, the cat?")
+
+
 def test_examples_are_transcribed_exactly(engine_results):
     cfg, out = engine_results
     for (name, r), res in out.items():

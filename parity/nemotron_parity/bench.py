@@ -185,6 +185,9 @@ def train_tokenizer(out_dir: Path, vocab_size: int) -> Path:
         input=str(text_file), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size, model_type="bpe",
         character_coverage=1.0, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, user_defined_symbols=[",", ".", "?"],
         num_threads=1, minloglevel=2)
+    from nemotron_parity.nemo_harness import strip_trainer_paths
+
+    strip_trainer_paths(out_dir / "tokenizer.model")
     sp = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
     if sp.get_piece_size() != vocab_size:
         raise RuntimeError(f"tokenizer has {sp.get_piece_size()} pieces, wanted {vocab_size}")

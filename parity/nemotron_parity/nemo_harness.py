@@ -210,6 +210,77 @@ EXTRA_TEXTS: list[str] = [
 ]
 
 
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        n |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return n, i
+
+
+def _put_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _fields(b: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """The fields of a serialised protobuf message -> (number, wire type, raw bytes of the whole field)."""
+    i = 0
+    while i < len(b):
+        start = i
+        key, i = _varint(b, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(b, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            n, i = _varint(b, i)
+            i += n
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire} at byte {start}")
+        yield key >> 3, wire, b[start:i]
+
+
+def _payload(field_bytes: bytes) -> bytes:
+    _, i = _varint(field_bytes, 0)
+    n, i = _varint(field_bytes, i)
+    return field_bytes[i: i + n]
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _put_varint(number << 3 | 2) + _put_varint(len(payload)) + payload
+
+
+def strip_trainer_paths(model_file: Path) -> Path:
+    """Rewrite a SentencePiece model's trainer spec so that it names its training text and model prefix by their
+    file names only (SentencePiece records the paths it was trained with, here a temporary work directory, in the
+    model file). Nothing the tokenizer computes reads them. Edits the serialised ModelProto in place (field 2,
+    trainer_spec; its fields 1, input, and 2, model_prefix), leaving every other byte as it was -> model_file."""
+    model_file = Path(model_file)
+    out = bytearray()
+    for number, wire, raw in _fields(model_file.read_bytes()):
+        if number == 2 and wire == 2:
+            spec = bytearray()
+            for n, w, r in _fields(_payload(raw)):
+                if n in (1, 2) and w == 2:
+                    r = _len_field(n, Path(_payload(r).decode()).name.encode())
+                spec += r
+            raw = _len_field(2, bytes(spec))
+        out += raw
+    model_file.write_bytes(bytes(out))
+    return model_file
+
+
 def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequence[str]] = None,
                     extra_symbols: Sequence[str] = ()) -> Path:
     """Train a SentencePiece BPE tokenizer usable as a NeMo `tokenizer: {dir: out_dir, type: bpe}`.
@@ -249,6 +320,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 96, texts: Optional[Sequenc
         num_threads=1,
         minloglevel=2,
     )
+    strip_trainer_paths(out_dir / "tokenizer.model")
     sp = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
     if sp.get_piece_size() != vocab_size:
         raise RuntimeError(f"tokenizer has {sp.get_piece_size()} pieces, wanted {vocab_size}")
