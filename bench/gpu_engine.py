@@ -7,7 +7,11 @@
    (backend "triton", cuda), with either CUDA decoder kernel (the grid kernel through its own op table,
    `ops.triton_ops(device, decoder_kernel="grid")`: the engine does not offer it until it passes its GPU tests); their
    tokens must be identical (exit 1 otherwise).
-2. Throughput: N concurrent streams of the same files (cycled) through the Triton path, all pushed at once and
+2. CUDA graphs (`Engine(graphs=True)`, nemotron_engine/graphs.py): the same files, several streams at once so that
+   batches are padded, through the captured graphs and through the same padded step run eagerly
+   (`StepGraphs(capture=False)`): every encoder output must be the same bits and the tokens identical (exit 1
+   otherwise); the tokens beside the engine without graphs (unpadded batches) are reported.
+3. Throughput: N concurrent streams of the same files (cycled) through the Triton path, all pushed at once and
    drained; reports the real-time factor (audio seconds / wall seconds) and the mean step time per lookahead,
    beside the reference backend on the same GPU.
 """
@@ -44,6 +48,44 @@ def read_wav(path) -> np.ndarray:
 def transcribe_all(model_dir, pcms, lookahead_ms, **kw) -> list[list[int]]:
     with Engine(model_dir, max_streams=len(pcms), **kw) as eng:
         return [r.tokens for r in eng.transcribe_many(pcms, lookahead_ms)]
+
+
+def graphs_check(model_dir, pcms, lookahead_ms: int, dtype=torch.float32) -> dict:
+    """Captured graphs against the same padded step run eagerly, and against no graphs (module docstring, 2)."""
+    from nemotron_engine.graphs import StepGraphs
+
+    streams_audio = (pcms * 5)[:5]  # 5 streams: steps of 5 padded to 6, then 4, 3, 2, 1 as they end
+
+    def run(graphs, capture=True):
+        with Engine(model_dir, device="cuda", dtype=dtype, max_streams=8, keep_encoder_outputs=True,
+                    graphs=graphs) as eng:
+            if graphs and not capture:
+                eng.graphs = StepGraphs(eng, capture=False)
+            t0 = time.perf_counter()
+            streams = []
+            for x in streams_audio:
+                s = eng.open_stream(lookahead_ms)
+                s.push(x)
+                s.finish()
+                streams.append(s)
+            while eng.pending():
+                eng.step()
+            torch.cuda.synchronize()
+            return ([s.result().tokens for s in streams], [torch.cat(s.encoder_outputs) for s in streams],
+                    eng.graph_report(), time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    cap_tok, cap_enc, rep, cap_s = run(True)
+    startup = time.perf_counter() - t0 - cap_s
+    eag_tok, eag_enc, _, _ = run(True, capture=False)
+    off_tok, off_enc, _, off_s = run(False)
+    bits = all(torch.equal(a, b) for a, b in zip(cap_enc, eag_enc))
+    return {"lookahead_ms": lookahead_ms, "dtype": str(dtype).replace("torch.", ""), "graphs": rep,
+            "engine_start_s": round(startup, 2), "captured_vs_eager_same_bits": bits,
+            "captured_vs_eager_same_tokens": cap_tok == eag_tok, "vs_no_graphs_same_tokens": cap_tok == off_tok,
+            "vs_no_graphs_max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(cap_enc, off_enc)),
+            "wall_s_graphs": round(cap_s, 3), "wall_s_no_graphs": round(off_s, 3),
+            "ok": bits and cap_tok == eag_tok}
 
 
 def throughput(model_dir, pcms, lookahead_ms, n, **kw) -> dict:
@@ -107,6 +149,17 @@ def main(argv=None) -> int:
                "triton_grid_decoder_vs_blocked_mismatched_files": sum(x != y for x, y in zip(tri, grid))}
         report["parity"].append(row)
         print(json.dumps(row), flush=True)
+    report["graphs"] = []
+    for r in (min(cfg.lookaheads), max(cfg.lookaheads)):
+        for dt in (torch.float32, torch.bfloat16):
+            try:
+                row = graphs_check(a.model, pcms, (r + 1) * cfg.frame_ms, dt)
+            except Exception as e:  # noqa: BLE001 (reported; the throughput runs go on)
+                row = {"lookahead_ms": (r + 1) * cfg.frame_ms, "dtype": str(dt), "ok": False,
+                       "error": f"{type(e).__name__}: {e}"[:600]}
+            ok &= row["ok"]
+            report["graphs"].append(row)
+            print(json.dumps(row), flush=True)
     for r in (max(cfg.lookaheads), min(cfg.lookaheads)):
         ms = (r + 1) * cfg.frame_ms
         for n in a.streams:
@@ -119,6 +172,13 @@ def main(argv=None) -> int:
                 row["backend"], row["decoder_kernel"] = ("triton" if decoder == "grid" else backend), decoder
                 report["throughput"].append(row)
                 print(json.dumps(row), flush=True)
+            try:  # the blocked decoder's Triton path again, with CUDA graphs
+                row = throughput(a.model, pcms, ms, n, device="cuda", backend="triton", graphs=[ms])
+                row["backend"], row["decoder_kernel"], row["graphs"] = "triton", "blocked", True
+            except Exception as e:  # noqa: BLE001
+                row = {"streams": n, "lookahead_ms": ms, "graphs": True, "error": f"{type(e).__name__}: {e}"[:300]}
+            report["throughput"].append(row)
+            print(json.dumps(row), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
     return 0 if ok else 1

@@ -79,10 +79,13 @@ class StreamCache:
     """Preallocated state for up to `max_streams` streams (see the module docstring)."""
 
     def __init__(self, cfg, max_streams: int, dtype: torch.dtype, device="cpu", page_size: int = PAGE_SIZE,
-                 pcm_ring: int = 0, pcm_mirror: int = 0, max_pages: int | None = None):
+                 pcm_ring: int = 0, pcm_mirror: int = 0, max_pages: int | None = None, scratch_slot: bool = False):
         """max_pages: pages in the pool (default: max_streams x the longest lookahead's pages, so that every slot can
         hold a stream of any lookahead); fewer hold as many low-lookahead streams in less memory, and `open` raises
-        when the free pages do not cover a stream's lookahead."""
+        when the free pages do not cover a stream's lookahead.
+        scratch_slot: one more slot on the device (`scratch`, index max_streams, with the pages of the longest
+        lookahead), which no stream ever takes: the rows that pad a batch to a fixed size (graphs.py) read and write
+        there. It has no audio ring (pcm stays [max_streams, ...])."""
         if max_streams < 1:
             raise ValueError(f"max_streams must be at least 1, got {max_streams}")
         self.cfg = cfg
@@ -95,18 +98,22 @@ class StreamCache:
         if n_pages < pages_per_stream(cfg, page_size, min(cfg.lookaheads)):
             raise ValueError(f"max_pages={n_pages} holds no stream (a stream takes at least "
                              f"{pages_per_stream(cfg, page_size, min(cfg.lookaheads))} pages)")
+        self.n_pages = n_pages  # the streams' pages (the scratch slot's come after them)
+        self.scratch = max_streams if scratch_slot else None
+        rows = max_streams + (1 if scratch_slot else 0)  # slots on the device
         L, D, K = cfg.n_layers, cfg.d_model, cfg.conv_kernel_size
         kw = dict(dtype=dtype, device=device)
-        self.k = torch.zeros(L, n_pages, page_size, D, **kw)  # [L, P, page_size, D]
-        self.v = torch.zeros(L, n_pages, page_size, D, **kw)
-        self.conv = torch.zeros(L, max_streams, D, K - 1, **kw)  # [L, S, D, K-1]
-        self.h = torch.zeros(cfg.pred_rnn_layers, max_streams, cfg.pred_hidden, **kw)  # [layers, S, H]
-        self.c = torch.zeros(cfg.pred_rnn_layers, max_streams, cfg.pred_hidden, **kw)
-        self.pred = torch.zeros(max_streams, cfg.joint_hidden, **kw)  # [S, J]
-        self.label = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S]
-        self.frames = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] next chunk's frame position
-        self.prompt = torch.zeros(max_streams, dtype=torch.int64, device=device)  # [S] language index (prompt models)
-        self.mel = torch.zeros(max_streams, PRE_ENCODE_CACHE, cfg.n_mels, device=device)  # [S, 9, n_mels] float32
+        extra = self.pages_per_stream if scratch_slot else 0
+        self.k = torch.zeros(L, n_pages + extra, page_size, D, **kw)  # [L, P, page_size, D]
+        self.v = torch.zeros(L, n_pages + extra, page_size, D, **kw)
+        self.conv = torch.zeros(L, rows, D, K - 1, **kw)  # [L, S, D, K-1]
+        self.h = torch.zeros(cfg.pred_rnn_layers, rows, cfg.pred_hidden, **kw)  # [layers, S, H]
+        self.c = torch.zeros(cfg.pred_rnn_layers, rows, cfg.pred_hidden, **kw)
+        self.pred = torch.zeros(rows, cfg.joint_hidden, **kw)  # [S, J]
+        self.label = torch.zeros(rows, dtype=torch.int64, device=device)  # [S]
+        self.frames = torch.zeros(rows, dtype=torch.int64, device=device)  # [S] next chunk's frame position
+        self.prompt = torch.zeros(rows, dtype=torch.int64, device=device)  # [S] language index (prompt models)
+        self.mel = torch.zeros(rows, PRE_ENCODE_CACHE, cfg.n_mels, device=device)  # [S, 9, n_mels] float32
         # [S, ring + mirror] float32 raw audio on the host (pinned, for one asynchronous copy per step, when a GPU
         # is there)
         if pcm_mirror > pcm_ring:
@@ -115,11 +122,16 @@ class StreamCache:
         self.pcm = torch.zeros(max_streams, pcm_ring + pcm_mirror, pin_memory=pin)
         self.pcm_ring = pcm_ring
         self.pcm_mirror = pcm_mirror
-        self.table = torch.zeros(max_streams, self.table_width, dtype=torch.int64, device=device)
-        self._pages: list[list[int]] = [[] for _ in range(max_streams)]  # each slot's own pages (its ring, in order)
+        self.table = torch.zeros(rows, self.table_width, dtype=torch.int64, device=device)
+        self._pages: list[list[int]] = [[] for _ in range(rows)]  # each slot's own pages (its ring, in order)
         self._window = self.k.new_empty(2, 0, D)  # gather_window's workspace
         self._free_slots = list(range(max_streams - 1, -1, -1))
         self._free_pages = list(range(n_pages - 1, -1, -1))
+        if scratch_slot:  # the last pages, its own for good
+            pages = list(range(n_pages, n_pages + extra))
+            self._pages[self.scratch] = pages
+            self.table[self.scratch] = torch.tensor(pages * (self.table_width // extra), dtype=torch.int64,
+                                                    device=device)
 
     # ---- slots -----------------------------------------------------------------------------------------------
     @property
@@ -136,7 +148,7 @@ class StreamCache:
         n = pages_per_stream(self.cfg, self.page_size, r)
         if len(self._free_pages) < n:
             raise RuntimeError(f"no free pages: a stream of lookahead {r} takes {n} pages, {len(self._free_pages)} of "
-                               f"the pool's {self.k.shape[1]} are free; close a stream or create the engine with "
+                               f"the pool's {self.n_pages} are free; close a stream or create the engine with "
                                "more pages (max_pages)")
         s = self._free_slots.pop()
         pages = [self._free_pages.pop() for _ in range(n)]
@@ -218,4 +230,4 @@ class StreamCache:
                             {ms[r]: pages_per_stream(cfg, ps, r) for r in ms},
                             {ms[r]: bytes_per_stream(cfg, self.dtype, ps, self.pcm_ring, self.pcm_mirror, r)
                              for r in ms},
-                            self.k.shape[1], len(self._free_pages))
+                            self.n_pages, len(self._free_pages))

@@ -37,6 +37,7 @@ from .cache import StreamCache, bytes_per_stream
 from .config import PRE_ENCODE_CACHE, SAMPLING_FRAMES, SUBSAMPLING_FACTOR, ModelConfig, subsampled_length
 from .encoder import encoder_step, joint_input
 from .features import frames_ready, log_mel, preemphasize, span_length, span_start
+from .graphs import StepGraphs
 from .model import Model
 from .ops import Ops, get_ops
 from .reference.decoder import initial_state
@@ -234,7 +235,8 @@ class Engine:
     def __init__(self, model_dir: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
                  max_streams: int | None = None, memory_budget: int | None = None,
                  keep_encoder_outputs: bool = False, backend: str | Ops | None = None,
-                 max_queued_s: float = 10.0, endpoint_ms: int | None = None, max_pages: int | None = None):
+                 max_queued_s: float = 10.0, endpoint_ms: int | None = None, max_pages: int | None = None,
+                 graphs: bool | list[int] = False):
         """max_streams or memory_budget (bytes for the pool) sizes the preallocated pool (default 64 streams), each
         slot able to hold a stream of the longest lookahead. A stream takes the attention pages of its own lookahead
         (C + r + 1 frames): max_pages sets the pool's pages lower (default: max_streams x the longest lookahead's),
@@ -252,6 +254,11 @@ class Engine:
 
         max_queued_s: audio a stream may hold ahead of the engine (its ring); push() beyond it raises.
         endpoint_ms: the default of open_stream's endpointing (None: off, the NeMo-exact default).
+        graphs: run the steady-state encoder step as CUDA graphs, one per (lookahead, batch bucket), captured here and
+        replayed every step, batches padded to their bucket (graphs.py; `graph_report()`); a list of lookaheads (ms)
+        captures those only (a faster start, less memory), the others run eagerly. On CUDA with the Triton backend
+        only. On the CPU the same padded static step runs eagerly (for tests: no speed-up). Off by default
+        until a GPU run has checked it (scripts/gpu_check.sh compares the tokens with and without).
         """
         self.keep_encoder_outputs = keep_encoder_outputs
         self.model_dir = Path(model_dir)
@@ -284,8 +291,10 @@ class Engine:
             max_streams = memory_budget // per
             if max_streams < 1:
                 raise ValueError(f"memory_budget {memory_budget} bytes holds no stream ({per} bytes per stream)")
+        if graphs and self.device.type == "cuda" and self.ops.name != "triton":
+            raise ValueError(f"graphs=True on CUDA needs the Triton backend, got backend={self.ops.name!r}")
         self.cache = StreamCache(cfg, 64 if max_streams is None else max_streams, dtype, device=self.device,
-                                 pcm_ring=ring, pcm_mirror=chunk, max_pages=max_pages)
+                                 pcm_ring=ring, pcm_mirror=chunk, max_pages=max_pages, scratch_slot=bool(graphs))
         S = self.cache.max_streams
         self._pcm = self.cache.pcm.numpy()  # the ring, as numpy: push() copies into it without torch's per-op cost
         # what push() reads on every call, as plain Python ints
@@ -317,6 +326,11 @@ class Engine:
         self.streams: dict[int, Stream] = {}
         self._next_id = 0
         self.times = StepTimes()
+        # last: captures over the finished pool
+        self.graphs = None
+        if graphs:
+            only = None if graphs is True else sorted({cfg.lookahead_from_ms(ms) for ms in graphs})
+            self.graphs = StepGraphs(self, lookaheads=only)
 
     def _check_endpoint(self, endpoint_ms):
         if endpoint_ms is not None and (endpoint_ms <= 0 or endpoint_ms % self.cfg.frame_ms):
@@ -539,6 +553,10 @@ class Engine:
         while any(s.input_done and not s.final_reported for s in list(self.streams.values())):
             yield from self.step()
 
+    def graph_report(self) -> dict | None:
+        """The step graphs (graphs=True): buckets, lookaheads, graphs captured, capture time, replays; else None."""
+        return None if self.graphs is None else self.graphs.report()
+
     def memory_report(self):
         """Bytes per stream and the number of streams the preallocated pool holds; the pages and bytes a stream of
         each lookahead takes (`pages_by_lookahead_ms`, `bytes_by_lookahead_ms`), the pool's pages and the free ones."""
@@ -693,10 +711,16 @@ class Engine:
         slot_t = torch.from_numpy(slots).to(dev)
         window = self._window(cache.mel, slot_t, new)  # [B, 9 + n, n_mels]
         cache.mel.index_copy_(0, slot_t, window[:, -PRE_ENCODE_CACHE:])
-        mel = (new if first else window).to(self.model.dtype)
-        mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
-        out, _ = encoder_step(self.model, self.ops, mel, mel_len, cache, slot_t, r, first)
-        joint_in = joint_input(self.model, self.ops, out, cache.prompt[slot_t])  # [B, T, D] per-stream language
+        mel = new if first else window
+        # steady-state chunks replay their bucket's graph (graphs.py); first chunks, tails: the eager step
+        ran = None if self.graphs is None or first else self.graphs.run(r, window, slot_t)
+        if ran is not None:
+            out, joint_in = ran
+        else:
+            mel = mel.to(self.model.dtype)
+            mel_len = torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)
+            out, _ = encoder_step(self.model, self.ops, mel, mel_len, cache, slot_t, r, first)
+            joint_in = joint_input(self.model, self.ops, out, cache.prompt[slot_t])  # [B, T, D] per-stream language
         # the valid output frames, known on the host: no read-back of the encoder's lengths
         t_out = max(int(subsampled_length(mel.shape[1])) - (0 if first else 2), 0)
         offsets = self._valid_frames[slots]

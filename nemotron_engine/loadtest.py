@@ -125,19 +125,23 @@ def _dtype(dtype) -> torch.dtype:
 
 
 def make_engine(model_dir, max_streams: int, device="cpu", dtype="float32", backend=None,
-                time_ops: bool | None = None) -> tuple[Engine, Timer | None]:
+                time_ops: bool | None = None, graphs: bool | list[int] = False) -> tuple[Engine, Timer | None]:
     """An engine for the load test -> (engine, the op timer or None). time_ops (default: on the CPU only) wraps the
     backend's op table in a Timer (on CUDA that synchronises after every op); pass the timer on to `run_load`,
-    `capacity` and `host_overhead` as `op_timer=`."""
+    `capacity` and `host_overhead` as `op_timer=`. graphs: `Engine(graphs=...)` (CUDA graphs of the steady step; the
+    ops are then not timed on CUDA: a replay runs no Python)."""
     dev = torch.device(device)
     if time_ops is None:
         time_ops = dev.type == "cpu"
+    if graphs and dev.type == "cuda":
+        time_ops = False
     timer = None
     if time_ops:
         timer = Timer(sync=torch.cuda.synchronize if dev.type == "cuda" else None)
         ops = backend if isinstance(backend, Ops) else get_ops(backend, dev)
         backend = timed_ops(ops, timer)
-    engine = Engine(model_dir, device=device, dtype=_dtype(dtype), max_streams=max_streams, backend=backend)
+    engine = Engine(model_dir, device=device, dtype=_dtype(dtype), max_streams=max_streams, backend=backend,
+                    graphs=graphs)
     return engine, timer
 
 
@@ -719,6 +723,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="default float32")
     p.add_argument("--backend", default=None, choices=["cpu", "torch", "triton"], help="the op table (see Engine)")
+    p.add_argument("--graphs", action="store_true",
+                   help="CUDA graphs of the steady-state step for the lookaheads given (Engine(graphs=...)), "
+                        "captured before the runs")
     p.add_argument("--no-op-timing", action="store_true",
                    help="do not time the op table (it is timed on the CPU by default; on CUDA timing synchronises)")
     p.add_argument("--host-streams", type=int, nargs="*", default=None,
@@ -793,7 +800,9 @@ def cli_run(args) -> int:
         n_max = max([*(args.streams or []), args.n_max if args.capacity else 1])
         try:
             engine, op_timer = make_engine(model, n_max, args.device, args.dtype, args.backend,
-                                           False if args.no_op_timing else None)
+                                           False if args.no_op_timing else None,
+                                           graphs=list(args.lookahead_ms) if args.graphs else False)
+            doc["settings"]["graphs"] = engine.graph_report()
             for la in args.lookahead_ms:
                 engine.cfg.lookahead_from_ms(la)
         except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session, start to finish: build the CUDA extension, run the gpu-marked tests (CUDA decoder, Triton kernels
-# at full shapes), the kernel and decoder microbenchmarks, the engine end to end on the demo model
-# (Triton + CUDA path against the reference, then throughput), and the Triton kernels' launch-configuration sweeps.
+# at full shapes), the kernel and decoder microbenchmarks, the engine end to end on the demo model (Triton + CUDA
+# path against the reference, CUDA graphs against the same step run eagerly, then throughput), and the Triton
+# kernels' launch-configuration sweeps.
 # Writes everything under $OUT (default ./gpu_report) and prints a summary last. Each part has its own time limit
 # and the script goes on when one fails. The limits add up to 12 minutes, more than one device command's 600 s, but
 # the parts rarely run to them (measured on an H100: three whole runs and two short calls fit in 15 minutes). Run
@@ -44,11 +45,15 @@ from nemotron_parity.bench import make_shape, prepare_model
 print(prepare_model(make_shape('full'), Path('$LT_CACHE')).engine_dir)" 2>> "$OUT/build.log" | tail -1)
 status "loadtest model ${LT_MODEL:-weights/demo}" $?
 [ -n "$LT_MODEL" ] && [ -f "$LT_MODEL/config.json" ] || LT_MODEL=weights/demo
-for dt in float32 bfloat16; do
-    timeout ${LT_TIMEOUT:-100} nemotron-engine loadtest --model "$LT_MODEL" --device cuda --dtype $dt \
-        --lookahead-ms 80 1120 --streams ${LT_STREAMS:-64 256 1024} --run-s ${LT_RUN_S:-10} --out "$OUT/lt-$dt" \
+# bf16 once more with CUDA graphs of the steady step (Engine(graphs=...), captured before the runs)
+for variant in float32 bfloat16 "bfloat16 --graphs"; do
+    set -- $variant
+    dt=$1; shift
+    name=$dt${1:+-graphs}
+    timeout ${LT_TIMEOUT:-100} nemotron-engine loadtest --model "$LT_MODEL" --device cuda --dtype $dt "$@" \
+        --lookahead-ms 80 1120 --streams ${LT_STREAMS:-64 256 1024} --run-s ${LT_RUN_S:-10} --out "$OUT/lt-$name" \
         >> "$OUT/bench.log" 2>&1
-    status "loadtest $dt" $?
+    status "loadtest $name" $?
 done
 $PY -c "
 import json, pathlib
