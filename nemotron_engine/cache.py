@@ -188,6 +188,36 @@ class StreamCache:
         page = torch.gather(self.table[slots], 1, (f // self.page_size) % self.table_width)
         return page, f % self.page_size
 
+    def rows(self, slots: torch.Tensor, start: torch.Tensor, n: int) -> torch.Tensor:
+        """Row indices [B, n] of frames start .. start + n - 1 of streams `slots` in a layer's pages viewed as
+        [P x page_size, D] (negative frames map to any row, as in `locate`). The same for every layer: a step
+        computes them once (ops._paged)."""
+        frames = start.unsqueeze(1) + torch.arange(n, device=start.device)  # [B, n]
+        page, row = self.locate(slots, frames)
+        return page * self.page_size + row
+
+    def gather_rows(self, layer: int, idx: torch.Tensor, reuse: bool = False):
+        """Keys and values of the rows idx [B, n] (`rows`) -> ([B, n, D], [B, n, D]); reuse as in gather_window."""
+        b, n = idx.shape
+        idx = idx.flatten()
+        d = self.k.shape[-1]
+        if not reuse:
+            k, v = self.k.new_empty(idx.numel(), d), self.v.new_empty(idx.numel(), d)
+        else:
+            if self._window.shape[1] < idx.numel():
+                self._window = self.k.new_empty(2, idx.numel(), d)
+            k, v = self._window[0, : idx.numel()], self._window[1, : idx.numel()]
+        torch.index_select(self.k[layer].view(-1, d), 0, idx, out=k)
+        torch.index_select(self.v[layer].view(-1, d), 0, idx, out=v)
+        return k.view(b, n, d), v.view(b, n, d)
+
+    def write_at(self, layer: int, idx: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write k, v [B, T, D] at the rows idx [B, T] (`rows`)."""
+        d = self.k.shape[-1]
+        flat = idx.flatten()
+        self.k[layer].view(-1, d).index_copy_(0, flat, k.reshape(-1, d))
+        self.v[layer].view(-1, d).index_copy_(0, flat, v.reshape(-1, d))
+
     def gather_window(self, layer: int, slots: torch.Tensor, start: torch.Tensor, n: int | None = None,
                       reuse: bool = False):
         """Keys and values of frames start .. start + n - 1 -> ([B, n, D], [B, n, D]); n defaults to C (the
@@ -198,27 +228,11 @@ class StreamCache:
         the views it returns are overwritten by the next reuse=True call.
         """
         n = self.cfg.left_context if n is None else n
-        frames = start.unsqueeze(1) + torch.arange(n, device=start.device)  # [B, n]
-        page, row = self.locate(slots, frames)
-        idx = (page * self.page_size + row).flatten()  # [B * n] rows of the flattened layer
-        d = self.k.shape[-1]
-        if not reuse:
-            k, v = self.k.new_empty(idx.numel(), d), self.v.new_empty(idx.numel(), d)
-        else:
-            if self._window.shape[1] < idx.numel():
-                self._window = self.k.new_empty(2, idx.numel(), d)
-            k, v = self._window[0, : idx.numel()], self._window[1, : idx.numel()]
-        torch.index_select(self.k[layer].view(-1, d), 0, idx, out=k)
-        torch.index_select(self.v[layer].view(-1, d), 0, idx, out=v)
-        b = slots.shape[0]
-        return k.view(b, n, d), v.view(b, n, d)
+        return self.gather_rows(layer, self.rows(slots, start, n), reuse)
 
     def write_rows(self, layer: int, slots: torch.Tensor, start: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write a chunk's keys and values k, v [B, T, D] at frames start .. start + T - 1."""
-        frames = start.unsqueeze(1) + torch.arange(k.shape[1], device=start.device)
-        page, row = self.locate(slots, frames)
-        self.k[layer, page, row] = k
-        self.v[layer, page, row] = v
+        self.write_at(layer, self.rows(slots, start, k.shape[1]), k, v)
 
     def memory_report(self) -> MemoryReport:
         pool = sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.h, self.c, self.pred,

@@ -11,7 +11,7 @@ docs/streaming.md#7-caches-and-their-counters).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
@@ -33,6 +33,7 @@ class StepPlan:
     t: int  # frames in the chunk, padding included
     r: int  # lookahead of these streams (chunk = r + 1 frames)
     left_context: int  # C
+    memo: dict = field(default_factory=dict)  # what a backend computes once per step for every layer (ops._paged)
 
     @cached_property
     def pad(self) -> torch.Tensor:  # [B, T] True for padded frames

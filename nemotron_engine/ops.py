@@ -69,9 +69,13 @@ def _paged(attend):
 
     def attention(q, k, v, cache, layer, plan, pos, rel_lo, pos_bias_u, pos_bias_v):
         C = plan.left_context
-        cache.write_rows(layer, plan.slots, plan.start, k, v)
+        # the rows of the window and the chunk, the same in every layer: located once per step
+        idx = plan.memo.get("rows")
+        if idx is None:
+            idx = plan.memo["rows"] = cache.rows(plan.slots, plan.start - C, C + plan.t)  # [B, C + T]
+        cache.write_at(layer, idx[:, C:], k, v)
         # [B, C + T, D] each, in the pool's workspace (overwritten by the next layer's gather)
-        k_win, v_win = cache.gather_window(layer, plan.slots, plan.start - C, C + plan.t, reuse=True)
+        k_win, v_win = cache.gather_rows(layer, idx, reuse=True)
         return attend(q, k_win, v_win, pos, rel_lo, pos_bias_u, pos_bias_v, plan.masked)
 
     return attention
