@@ -55,6 +55,13 @@ class StepGraphs:
         self.lookaheads = list(cfg.lookaheads) if lookaheads is None else list(lookaheads)
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self._entries: dict[tuple[int, int], dict] = {}
+        # the inputs, one buffer per lookahead of the largest bucket's size; a bucket reads its first rows (a view
+        # at the same address), so the buckets cost no more input memory than the largest
+        largest = max(self.sizes)
+        self._inputs = {r: (torch.zeros(largest, cache.mel.shape[1] + cfg.chunk_mel(r), cfg.n_mels,
+                                        dtype=engine.model.dtype, device=dev),
+                            torch.full((largest,), cache.scratch, dtype=torch.int64, device=dev))
+                        for r in self.lookaheads}
         self.capture_s = 0.0
         self.replays = 0
         t0 = time.perf_counter()
@@ -75,13 +82,10 @@ class StepGraphs:
 
     def _build(self, r: int, b: int) -> dict:
         eng = self.engine
-        cfg, cache, dev, model = eng.cfg, eng.cache, eng.device, eng.model
-        n_in = cache.mel.shape[1] + cfg.chunk_mel(r)
-        e = {
-            "mel": torch.zeros(b, n_in, cfg.n_mels, dtype=model.dtype, device=dev),
-            "slots": torch.full((b,), cache.scratch, dtype=torch.int64, device=dev),
-            "mel_len": torch.full((b,), n_in, dtype=torch.int64, device=dev),
-        }
+        cache, dev, model = eng.cache, eng.device, eng.model
+        mel, slots = self._inputs[r]
+        e = {"mel": mel[:b], "slots": slots[:b],
+             "mel_len": torch.full((b,), mel.shape[1], dtype=torch.int64, device=dev)}
 
         def run():
             out, _ = encoder_step(model, eng.ops, e["mel"], e["mel_len"], cache, e["slots"], r, False)
