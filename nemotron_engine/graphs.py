@@ -4,7 +4,8 @@ start-up and replayed every step (`Engine(..., graphs=True)`).
 A step of B streams of lookahead r that are past their first chunk (the steady state: every step of a stream but its
 first and its tail) runs the encoder (`encoder.encoder_step`) and the joint's input (`encoder.joint_input`) on a batch
 padded to the smallest bucket >= B. The bucket's buffers are fixed at start-up: the chunk windows `mel` [Bb, 9 + n,
-n_mels] (model dtype), the slots `slots` [Bb], and the outputs the graph's last kernels write. The step copies its B
+n_mels] (model dtype) and the slots `slots` [Bb] (the first rows of one buffer per lookahead, the largest bucket's),
+and the outputs the graph's last kernels write. The step copies its B
 windows and slots into the first B rows and replays the graph; the padding rows point at a scratch slot of the pool
 (`StreamCache(scratch_slot=True)`) that no stream ever holds, so their cache writes land nowhere a stream reads. The
 greedy decoder then runs on the first B rows, outside the graph (it returns its tokens to the host).
@@ -17,7 +18,8 @@ cuBLAS may pick another kernel for another M, so on CUDA the tokens are compared
 
 On the CPU nothing is captured: the same buffers, padding and scratch slot run eagerly (what the CPU tests exercise;
 no speed-up, the padding costs up to a third more work). Captured graphs share one memory pool: they replay one at a
-time, so the pool holds the intermediates of the largest bucket once.
+time, so the pool holds the intermediates of the largest bucket once, beside every graph's outputs (read before the
+next replay: `run` returns views of them).
 """
 from __future__ import annotations
 
