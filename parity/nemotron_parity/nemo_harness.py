@@ -265,7 +265,9 @@ def strip_trainer_paths(model_file: Path) -> Path:
     """Rewrite a SentencePiece model's trainer spec so that it names its training text and model prefix by their
     file names only (SentencePiece records the paths it was trained with, here a temporary work directory, in the
     model file). Nothing the tokenizer computes reads them. Edits the serialised ModelProto in place (field 2,
-    trainer_spec; its fields 1, input, and 2, model_prefix), leaving every other byte as it was -> model_file."""
+    trainer_spec; its fields 1, input, and 2, model_prefix), leaving every other byte as it was -> model_file.
+    Not through sentencepiece_model_pb2: its generated code needs a newer protobuf runtime than the one Ray Serve's
+    pin allows, so the few bytes are edited on the wire."""
     model_file = Path(model_file)
     out = bytearray()
     for number, wire, raw in _fields(model_file.read_bytes()):
